@@ -1,0 +1,132 @@
+"""RANSAC-PnP through a library: OpenCV (default), pycolmap or poselib.
+
+All backends take 2D points in the OpenCV pixel convention and a :class:`Camera`
+whose parameters are in that same convention, so no half-pixel shift is needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .geometry import Camera, Pose
+
+BACKENDS = ("opencv", "pycolmap", "poselib")
+
+
+@dataclass
+class PnPConfig:
+    """RANSAC-PnP settings (S2DHM defaults: P3P, 12 px, 5000 iterations, >= 12 inliers)."""
+
+    backend: str = "opencv"
+    reprojection_error_px: float = 12.0
+    iterations: int = 5000
+    confidence: float = 0.9999
+    min_inliers: int = 12
+    refine: bool = True
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"PnPConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+@dataclass
+class PnPResult:
+    """Outcome of RANSAC-PnP.
+
+    inliers: bool [N] over the input correspondences.
+    """
+
+    success: bool
+    pose: Pose | None
+    inliers: np.ndarray
+    reason: str | None = None
+    num_inliers: int = field(init=False)
+
+    def __post_init__(self):
+        self.num_inliers = int(np.count_nonzero(self.inliers))
+
+
+def _failure(n: int, reason: str) -> PnPResult:
+    return PnPResult(False, None, np.zeros(n, bool), reason)
+
+
+def _opencv(p2d, p3d, camera: Camera, cfg: PnPConfig):
+    ok, rvec, tvec, idx = cv2.solvePnPRansac(
+        p3d, p2d, camera.K, camera.dist_coeffs,
+        iterationsCount=cfg.iterations, reprojectionError=cfg.reprojection_error_px,
+        confidence=cfg.confidence, flags=cv2.SOLVEPNP_P3P)
+    if not ok or idx is None:
+        return None, None
+    inliers = np.zeros(len(p2d), bool)
+    inliers[idx.ravel()] = True
+    if cfg.refine and inliers.sum() >= 4:
+        rvec, tvec = cv2.solvePnPRefineLM(
+            p3d[inliers], p2d[inliers], camera.K, camera.dist_coeffs, rvec, tvec)
+    R, _ = cv2.Rodrigues(rvec)
+    return Pose(R, tvec.ravel()), inliers
+
+
+def _pycolmap(p2d, p3d, camera: Camera, cfg: PnPConfig):
+    import pycolmap
+
+    cam = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height,
+                          params=np.asarray(camera.params, np.float64))
+    est = pycolmap.AbsolutePoseEstimationOptions()
+    est.ransac.max_error = cfg.reprojection_error_px
+    est.ransac.max_num_trials = cfg.iterations
+    est.ransac.confidence = cfg.confidence
+    est.ransac.random_seed = 0
+    ref = pycolmap.AbsolutePoseRefinementOptions()
+    if not cfg.refine:
+        ref.max_num_iterations = 0
+    out = pycolmap.estimate_and_refine_absolute_pose(p2d, p3d, cam, est, ref)
+    if out is None:
+        return None, None
+    rig = out["cam_from_world"]
+    return Pose(rig.rotation.matrix(), np.asarray(rig.translation)), np.asarray(out["inlier_mask"], bool)
+
+
+def _poselib(p2d, p3d, camera: Camera, cfg: PnPConfig):
+    import poselib
+
+    cam = {"model": camera.model, "width": camera.width, "height": camera.height,
+           "params": list(map(float, camera.params))}
+    ransac = {"max_reproj_error": cfg.reprojection_error_px, "max_iterations": cfg.iterations,
+              "success_prob": cfg.confidence, "seed": 0}
+    bundle = {} if cfg.refine else {"max_iterations": 0}
+    pose, info = poselib.estimate_absolute_pose(p2d, p3d, cam, ransac, bundle)
+    inliers = np.asarray(info.get("inliers", []), bool)
+    if inliers.size != len(p2d):
+        return None, None
+    return Pose(np.asarray(pose.R), np.asarray(pose.t)), inliers
+
+
+_SOLVERS = {"opencv": _opencv, "pycolmap": _pycolmap, "poselib": _poselib}
+
+
+def ransac_pnp(points2d: np.ndarray, points3d: np.ndarray, camera: Camera,
+               config: PnPConfig = PnPConfig()) -> PnPResult:
+    """Estimate the world-to-camera pose from 2D-3D matches.
+
+    points2d: [N,2] query pixels (OpenCV convention), points3d: [N,3] world points.
+    Fails (never raises) with a reason when there are too few matches or inliers.
+    """
+    p2d = np.ascontiguousarray(points2d, np.float64).reshape(-1, 2)
+    p3d = np.ascontiguousarray(points3d, np.float64).reshape(-1, 3)
+    n = len(p2d)
+    if len(p3d) != n:
+        raise ValueError(f"ransac_pnp: {n} 2D points but {len(p3d)} 3D points")
+    needed = max(4, config.min_inliers)
+    if n < needed:
+        return _failure(n, f"too few matches for PnP ({n} < {needed})")
+    pose, inliers = _SOLVERS[config.backend](p2d, p3d, camera, config)
+    if pose is None:
+        return _failure(n, f"{config.backend} RANSAC-PnP found no pose")
+    if not (np.all(np.isfinite(pose.R)) and np.all(np.isfinite(pose.t))):
+        return _failure(n, f"{config.backend} RANSAC-PnP returned a non-finite pose")
+    if inliers.sum() < config.min_inliers:
+        return PnPResult(False, None, inliers,
+                         f"too few PnP inliers ({int(inliers.sum())} < {config.min_inliers})")
+    return PnPResult(True, pose, inliers)
