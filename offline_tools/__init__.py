@@ -1,1 +1,1 @@
-"""offline_tools."""
+"""Thin command-line entry points over the ros2_s2dhm library."""

@@ -1,0 +1,175 @@
+"""Per-stage timing of the localizer (median and p90 over N queries) on CPU and CUDA.
+
+    benchmark [--dataset DIR [--map MAP]] [--weights W] [--devices cpu,cuda]
+              [--queries N] [--warmup W] [--image-size S] [--top-k K] [--out FILE]
+
+Without ``--dataset`` it generates a small synthetic set (RobotCar Seasons layout) and
+builds its map in ``--work-dir`` (a temporary folder by default); with ``--dataset`` but
+no ``--map`` it builds the map of that dataset there. The map is built once, on the first
+device, and every device localizes the same N queries (spread over the query list,
+repeated when there are fewer). Images are read before timing; the first W queries of
+each device are warm-up runs and are not counted. CUDA stages are synchronised by the
+localizer, so each stage is charged its own work. ``--devices auto`` (default) means cpu,
+plus cuda when available. Prints a table and writes JSON (``--out``, default
+``benchmark.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ros2_s2dhm.datasets.base import read_image
+from ros2_s2dhm.errors import S2DHMError
+from ros2_s2dhm.evaluation import report as rep
+from ros2_s2dhm.evaluation.run import evaluate_queries, load_dataset
+from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.localizer import Localizer, LocalizerConfig
+from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
+from ros2_s2dhm.reference_map import ReferenceMap
+
+log = logging.getLogger("benchmark")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--dataset", type=Path, help="dataset root; default: a generated synthetic set")
+    p.add_argument("--map", type=Path, help="map of --dataset; default: built in --work-dir")
+    p.add_argument("--weights", type=Path, help="network weights; default: seeded random init")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and random init")
+    p.add_argument("--synthetic-size", default="tiny", choices=("tiny", "default"),
+                   help="size of the generated synthetic set (default tiny)")
+    p.add_argument("--devices", default="auto",
+                   help="comma-separated devices, e.g. cpu,cuda; auto = cpu (+ cuda if available)")
+    p.add_argument("--queries", type=int, default=8, help="timed queries per device (default 8)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up queries per device")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="longer image side fed to the network (default: the map's; 512 for a "
+                        "map this tool builds)")
+    p.add_argument("--top-k", type=int, default=10, help="reference images retrieved per query")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--work-dir", type=Path, help="where the synthetic set and map are written")
+    p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """``auto`` -> cpu (+ cuda); explicit cuda without CUDA is skipped with a warning."""
+    names = ["cpu", "cuda"] if spec == "auto" else [d.strip() for d in spec.split(",") if d.strip()]
+    devices = []
+    for name in names:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            if spec != "auto":
+                log.warning("device %s skipped: CUDA is not available on this machine", name)
+            continue
+        devices.append(name)
+    if not devices:
+        raise S2DHMError(f"--devices {spec}: none of these devices is available")
+    return devices
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def pick_queries(queries: list, n: int, warmup: int) -> tuple[list, list]:
+    """(warm-up, timed) queries: ``n`` spread over the list (cycled if short), warm-up first."""
+    if not queries:
+        raise S2DHMError("the dataset has no queries to time")
+    spread = [queries[i] for i in np.linspace(0, len(queries) - 1, min(n, len(queries))).round().astype(int)]
+    timed = [spread[i % len(spread)] for i in range(n)]
+    return [timed[i % len(timed)] for i in range(warmup)], timed
+
+
+def prepare_map(args, work_dir: Path, build_device: str):
+    """(dataset, map directory): given, or generated / built in ``work_dir``."""
+    if args.dataset is None:
+        from ros2_s2dhm.datasets.synthetic import generate_synthetic
+        data_dir = work_dir / f"synthetic_{args.synthetic_size}_{args.seed}"
+        log.info("generating a %s synthetic set in %s", args.synthetic_size, data_dir)
+        generate_synthetic(data_dir, seed=args.seed, size=args.synthetic_size)
+        dataset = load_dataset(data_dir)
+    else:
+        dataset = load_dataset(args.dataset)
+    if args.map is not None:
+        return dataset, args.map
+    map_dir = work_dir / "map"
+    network, info = load_network(args.weights, device=build_device, seed=args.seed)
+    config = MapBuildConfig(image_size=args.image_size or MapBuildConfig.image_size)
+    log.info("building the map of %d reference images in %s", len(dataset.references), map_dir)
+    build_reference_map(dataset, network, info.sha256, info.kind, map_dir, config,
+                        device=build_device, progress=not args.quiet)
+    return dataset, map_dir
+
+
+def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:
+    """Time the localizer on ``device``; returns the per-device JSON entry."""
+    network, info = load_network(args.weights, device=device, seed=args.seed)
+    reference_map = ReferenceMap.load(map_dir, expected_weights_sha256=info.sha256)
+    config = LocalizerConfig(top_k=args.top_k, image_size=args.image_size)
+    localizer = Localizer(network, reference_map, config, device=device, weights_random=info.random)
+    evaluate_queries(localizer, warm, images.__getitem__, progress=False)
+    outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=not args.quiet)
+    stages = rep.summarize_timings([o.timings_ms for o in outcomes])
+    localized = sum(o.success for o in outcomes)
+    if localized < len(outcomes):
+        log.warning("%s: %d of %d queries failed; their later stages (pnp, refine) are missing "
+                    "from the medians", device, len(outcomes) - localized, len(outcomes))
+    total = stages.get("total", {}).get("median", float("nan"))
+    return {"name": device_name(device), "image_size": localizer.image_size,
+            "queries": len(outcomes), "localized": localized,
+            "hz_median": 1e3 / total if total > 0 else None, "stages": stages,
+            "weights": rep.describe_weights(info)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = resolve_devices(args.devices)
+    with tempfile.TemporaryDirectory(prefix="s2dhm_benchmark_") as tmp:
+        work_dir = args.work_dir or Path(tmp)
+        dataset, map_dir = prepare_map(args, work_dir, devices[0])
+        warm, timed = pick_queries(dataset.queries, args.queries, args.warmup)
+        images = {q.path: read_image(q.path) for q in warm + timed}
+        results = {d: benchmark_device(args, d, map_dir, warm, timed, images) for d in devices}
+    content = {
+        "dataset": str(args.dataset) if args.dataset else f"synthetic {args.synthetic_size} seed {args.seed}",
+        "map": str(args.map) if args.map else "built by the benchmark",
+        "top_k": args.top_k, "queries": args.queries, "warmup": args.warmup,
+        "torch": torch.__version__, "devices": results,
+    }
+    rep.write_json(args.out, content)
+    print()
+    print(rep.format_timing_table({d: r["stages"] for d, r in results.items()}))
+    for d, r in results.items():
+        hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
+        print(f"{d}: {r['name']}; image size {r['image_size']}, top-{args.top_k}, "
+              f"{r['localized']}/{r['queries']} localized, {hz} (median total); weights: {r['weights']}")
+    print(f"written to {args.out}")
+    return content
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except S2DHMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

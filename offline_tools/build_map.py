@@ -1,0 +1,50 @@
+"""Build a reference map from a dataset: `build_map --dataset DIR --out MAP [--weights W]`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ros2_s2dhm.datasets import load_dataset
+from ros2_s2dhm.errors import S2DHMError
+from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
+from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dataset", required=True, help="dataset root (RobotCar Seasons or CMU slice layout)")
+    p.add_argument("--out", required=True, help="map directory to write")
+    add_weights_args(p)
+    p.add_argument("--image-size", type=int, default=MapBuildConfig.image_size,
+                   help="longer image side fed to the network (default %(default)s)")
+    p.add_argument("--max-keypoints", type=int, default=MapBuildConfig.max_keypoints,
+                   help="keypoints kept per reference image (default %(default)s)")
+    p.add_argument("--grid", type=int, default=MapBuildConfig.grid,
+                   help="cells per side for the spatial keypoint round-robin (default %(default)s)")
+    p.add_argument("--pca-dim", type=int, default=MapBuildConfig.pca_dim,
+                   help="global descriptor dimension after PCA (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        device = resolve_device(args.device)
+        dataset = load_dataset(args.dataset)
+        network, info = load_network(resolve_weights(args.weights), device)
+        config = MapBuildConfig(args.image_size, args.max_keypoints, args.grid, args.pca_dim)
+        ref_map = build_reference_map(dataset, network, info.sha256, info.kind, args.out,
+                                      config, device)
+    except S2DHMError as e:
+        print(f"build_map: error: {e}", file=sys.stderr)
+        return 2
+    print(f"map with {len(ref_map)} reference images, {ref_map.num_keypoints} keypoints max "
+          f"per image, weights {info.kind} {info.sha256[:12]} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
