@@ -140,13 +140,22 @@ class PCA:
         if t.shape[-1] != self.input_dim:
             raise ValueError(f"PCA.transform: expected last dimension {self.input_dim}, "
                              f"got shape {tuple(t.shape)}")
-        mean = torch.from_numpy(self.mean).to(t.device)
-        components = torch.from_numpy(self.components).to(t.device)
+        mean, components, scale = self._on(t.device)
         y = (t - mean) @ components.T
         if self.whiten:
-            y = y / torch.from_numpy(self.explained_variance).to(t.device).clamp_min(1e-12).sqrt()
+            y = y / scale
         y = F.normalize(y, p=2, dim=-1)
         return y if is_torch else y.numpy()
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean, components and whitening scale as tensors on ``device``, uploaded once."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        if device not in cache:
+            cache[device] = (torch.from_numpy(self.mean).to(device),
+                             torch.from_numpy(self.components).to(device),
+                             torch.from_numpy(self.explained_variance).to(device)
+                             .clamp_min(1e-12).sqrt())
+        return cache[device]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """numpy arrays: mean [D], components [d, D], explained_variance [d], whiten () bool."""
