@@ -1,0 +1,203 @@
+"""Feature-metric PnP on feature maps rendered from a known scene of planes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_s2dhm.errors import CameraError
+from ros2_s2dhm.geometry import Camera, Pose, pose_error
+from ros2_s2dhm.geometry.rotation import euler_rpy_to_matrix, rotvec_to_matrix
+from ros2_s2dhm.refine import (
+    LOSSES,
+    FeatureMetricPnP,
+    FeatureSampler,
+    RefineConfig,
+    feature_gradients,
+    interpolate_bilinear,
+    robust_loss,
+)
+
+# Planes n . X = d in world coordinates (y down, camera looking along +z): back wall, floor,
+# left and right walls, so depths span ~4-18 m.
+PLANES = [((0, 0, 1), 18.0), ((0, 1, 0), 2.5), ((1, 0, 0), -5.0), ((1, 0, 0), 6.0)]
+CHANNELS = 16
+
+
+def _feature_function(seed=0):
+    """Smooth L2-normalised features of world points: sums of sinusoids, wavelengths 1.5-6 m."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(2, CHANNELS, 3))
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    freqs = 2 * np.pi / rng.uniform(1.5, 6.0, size=(2, CHANNELS, 1)) * directions
+    phases = rng.uniform(0, 2 * np.pi, size=(2, CHANNELS))
+
+    def features(X):  # [..., 3] -> [..., C]
+        f = np.sin(X @ freqs[0].T + phases[0]) + 0.5 * np.sin(X @ freqs[1].T + phases[1])
+        return f / np.linalg.norm(f, axis=-1, keepdims=True)
+
+    return features
+
+
+def _intersect(camera, pose, uv):
+    """World points [N, 3] seen at pixels uv [N, 2] (nearest plane in front of the camera)."""
+    rays = camera.unproject_np(uv) @ pose.R  # world directions (rows: R^T ray)
+    origin = pose.center
+    best = np.full(len(uv), np.inf)
+    for normal, d in PLANES:
+        n = np.asarray(normal, float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = (d - origin @ n) / (rays @ n)
+        best = np.where((s > 0) & (s < best), s, best)
+    assert np.all(np.isfinite(best))
+    return origin + best[:, None] * rays
+
+
+def _scene(camera, pose_gt, n_points=300, seed=0):
+    """Query feature map [C, H, W] rendered at pose_gt, 3D points and their exact reference features."""
+    W, H = camera.width, camera.height
+    grid = np.stack(np.meshgrid(np.arange(W), np.arange(H)), -1).reshape(-1, 2).astype(float)
+    features = _feature_function(seed)
+    fmap = features(_intersect(camera, pose_gt, grid)).reshape(H, W, CHANNELS).transpose(2, 0, 1)
+    fmap = torch.tensor(np.ascontiguousarray(fmap), dtype=torch.float32)
+    rng = np.random.default_rng(seed + 1)
+    uv = rng.uniform([6, 6], [W - 7, H - 7], size=(n_points, 2))
+    points = _intersect(camera, pose_gt, uv)
+    ref, valid = interpolate_bilinear(fmap, torch.tensor(uv, dtype=torch.float32))
+    assert valid.all()
+    return fmap, torch.tensor(points), ref
+
+
+def _perturb(pose, angle_deg, dist_m, seed):
+    rng = np.random.default_rng(seed)
+    axis, direction = rng.normal(size=3), rng.normal(size=3)
+    axis *= math.radians(angle_deg) / np.linalg.norm(axis)
+    direction *= dist_m / np.linalg.norm(direction)
+    return Pose.from_center(rotvec_to_matrix(axis) @ pose.R, pose.center + direction)
+
+
+PINHOLE = Camera.from_pinhole(100.0, 100.0, 63.5, 47.5, 128, 96)
+DISTORTED = Camera("OPENCV", 128, 96, [100.0, 98.0, 64.0, 47.0, -0.08, 0.01, 0.001, -0.001])
+POSE_GT = Pose.from_center(euler_rpy_to_matrix(0.03, -0.05, 0.02), [0.3, -0.2, 0.5])
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return _scene(PINHOLE, POSE_GT)
+
+
+def _check_converges(fmap, points, ref, camera, config, seeds=(0, 1)):
+    for seed in seeds:
+        init = _perturb(POSE_GT, 2.0, 0.5, seed)
+        dt0, dr0 = pose_error(init, POSE_GT)
+        assert dr0 == pytest.approx(2.0) and dt0 == pytest.approx(0.5)
+        result = FeatureMetricPnP(config).refine(init, points, ref, fmap, camera)
+        dt, dr = pose_error(result.pose, POSE_GT)
+        assert dt < 0.01 and dr < 0.05, (config.loss, seed, dt, dr, result.reason, result.iterations)
+        assert result.final_cost < result.initial_cost
+        assert all(b <= a for a, b in zip(result.cost_history, result.cost_history[1:]))
+        assert result.reason in ("converged_cost", "converged_step")
+        assert result.num_points == len(points)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_converges_from_perturbed_pose_every_loss(scene, loss):
+    fmap, points, ref = scene
+    _check_converges(fmap, points, ref, PINHOLE, RefineConfig(loss=loss))
+
+
+def test_converges_with_sobel_gradients_and_distortion():
+    fmap, points, ref = _scene(DISTORTED, POSE_GT, n_points=250, seed=3)
+    _check_converges(fmap, points, ref, DISTORTED, RefineConfig(loss="huber", gradient="sobel"), seeds=(2,))
+
+
+def test_truth_is_a_fixed_point_and_covariance_is_spd(scene):
+    fmap, points, ref = scene
+    result = FeatureMetricPnP(RefineConfig(loss="squared")).refine(POSE_GT, points, ref, fmap, PINHOLE)
+    dt, dr = pose_error(result.pose, POSE_GT)
+    assert dt < 1e-4 and dr < 1e-3
+    assert result.initial_cost < 1e-8
+    init = _perturb(POSE_GT, 1.0, 0.2, 5)
+    result = FeatureMetricPnP(RefineConfig(loss="cauchy")).refine(init, points, ref, fmap, PINHOLE)
+    cov = result.covariance
+    assert cov.shape == (6, 6)
+    np.testing.assert_allclose(cov, cov.T, rtol=0, atol=1e-12 * np.abs(cov).max())
+    assert np.all(np.linalg.eigvalsh(cov) > 0) and np.all(np.isfinite(cov))
+
+
+def test_too_few_points_and_max_iterations(scene):
+    fmap, points, ref = scene
+    init = _perturb(POSE_GT, 2.0, 0.5, 0)
+    few = FeatureMetricPnP(RefineConfig(min_points=6)).refine(init, points[:5], ref[:5], fmap, PINHOLE)
+    assert few.reason == "too_few_points" and few.pose == init and np.isinf(few.covariance[0, 0])
+    capped = FeatureMetricPnP(RefineConfig(max_iterations=2)).refine(init, points, ref, fmap, PINHOLE)
+    assert capped.reason == "max_iterations" and capped.iterations == 2
+    with pytest.raises(CameraError, match="feature map"):
+        FeatureMetricPnP().refine(init, points, ref, fmap, PINHOLE.scaled(2.0))
+    with pytest.raises(ValueError, match="loss"):
+        FeatureMetricPnP(RefineConfig(loss="tukey"))
+
+
+def test_interpolation_exact_at_integer_pixels_and_invalid_outside():
+    fmap = torch.rand(5, 7, 9) + 0.5  # strictly positive: a zero at integer pixels would be caught
+    ys, xs = torch.meshgrid(torch.arange(7), torch.arange(9), indexing="ij")
+    uv = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float()
+    values, valid = interpolate_bilinear(fmap, uv)
+    assert valid.all()
+    assert torch.equal(values, fmap.reshape(5, -1).T)
+    for method in ("central", "sobel"):
+        du, dv = feature_gradients(fmap, method)
+        sampled, grads, valid = FeatureSampler(fmap, method)(uv)
+        assert valid.all() and torch.equal(sampled, fmap.reshape(5, -1).T)
+        torch.testing.assert_close(grads, torch.stack([du, dv], -1).reshape(5, -1, 2).transpose(0, 1))
+    half, _ = interpolate_bilinear(fmap, torch.tensor([[2.5, 3.0], [2.0, 3.25]]))
+    torch.testing.assert_close(half[0], 0.5 * (fmap[:, 3, 2] + fmap[:, 3, 3]))
+    torch.testing.assert_close(half[1], 0.75 * fmap[:, 3, 2] + 0.25 * fmap[:, 4, 2])
+    _, valid = interpolate_bilinear(fmap, torch.tensor([[-0.1, 1.0], [8.0, 6.0], [8.01, 1.0], [1.0, float("nan")]]))
+    assert valid.tolist() == [False, True, False, False]
+
+
+@pytest.mark.parametrize("method", ["central", "sobel"])
+def test_sampler_matches_interpolated_gradient_maps(method):
+    torch.manual_seed(0)
+    fmap = torch.randn(4, 6, 8, dtype=torch.float64)
+    uv = torch.cat([torch.rand(50, 2, dtype=torch.float64) * torch.tensor([7.0, 5.0]),
+                    torch.tensor([[0.0, 0.0], [7.0, 5.0], [7.0, 2.3], [0.2, 5.0], [3.0, 4.0]], dtype=torch.float64)])
+    values, grads, valid = FeatureSampler(fmap, method)(uv)
+    du, dv = feature_gradients(fmap, method)
+    expected_values, expected_valid = interpolate_bilinear(fmap, uv)
+    expected_du, _ = interpolate_bilinear(du, uv)
+    expected_dv, _ = interpolate_bilinear(dv, uv)
+    assert torch.equal(valid, expected_valid) and valid.all()
+    torch.testing.assert_close(values, expected_values)
+    torch.testing.assert_close(grads, torch.stack([expected_du, expected_dv], -1))
+
+
+def test_gradients_of_linear_ramp():
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(8.0), indexing="ij")
+    fmap = torch.stack([2 * xs - 3 * ys, xs * 0 + 1])
+    for method in ("central", "sobel"):
+        du, dv = feature_gradients(fmap, method)
+        torch.testing.assert_close(du[0, 1:-1, 1:-1], torch.full((4, 6), 2.0))
+        torch.testing.assert_close(dv[0, 1:-1, 1:-1], torch.full((4, 6), -3.0))
+        assert torch.all(du[1] == 0)
+
+
+def test_robust_losses_match_derivatives():
+    e = torch.linspace(0.0, 2.0, 41, dtype=torch.float64, requires_grad=True)
+    for name in LOSSES:
+        rho, w = robust_loss(name, e, 0.3)
+        (drho,) = torch.autograd.grad(rho.sum(), e)
+        torch.testing.assert_close(w.detach(), drho, rtol=1e-9, atol=1e-9)
+        assert torch.all(rho.detach()[1:] > 0) and torch.all(w.detach() <= 1 + 1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_refine_on_cuda(scene):
+    fmap, points, ref = scene
+    init = _perturb(POSE_GT, 2.0, 0.5, 0)
+    cpu = FeatureMetricPnP().refine(init, points, ref, fmap, PINHOLE)
+    gpu = FeatureMetricPnP().refine(init, points.cuda(), ref.cuda(), fmap.cuda(), PINHOLE)
+    dt, dr = pose_error(gpu.pose, cpu.pose)
+    assert dt < 1e-3 and dr < 1e-2
