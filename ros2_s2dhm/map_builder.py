@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from .datasets.base import Dataset, read_image
+from .features.backbone import HYPERCOLUMN_STRIDE
 from .features.netvlad import PCA
 from .features.preprocess import prepare_image
 from .geometry.pixels import image_to_feature, scale_pixels
-from .localizer import HYPERCOLUMN_STRIDE
 from .matching import sample_descriptors
 from .reference_map import ReferenceMap
 
