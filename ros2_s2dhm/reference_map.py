@@ -118,7 +118,7 @@ class ReferenceMap:
         arrays = {}
         for name, arr in self._arrays().items():
             path = map_dir / f"{name}.npy"
-            np.save(path, np.ascontiguousarray(arr))
+            np.save(path, np.asarray(arr))
             arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _sha256(path)}
         manifest = {
             "format": MAP_FORMAT, "version": MAP_VERSION,

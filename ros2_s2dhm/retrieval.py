@@ -9,8 +9,8 @@ class RetrievalIndex:
     """Reference global descriptors [N,D] (L2-normalised) and camera centres [N,3]."""
 
     def __init__(self, descriptors, centers, device="cpu"):
-        self.descriptors = torch.as_tensor(np.asarray(descriptors), dtype=torch.float32).to(device)
-        self.centers = torch.as_tensor(np.asarray(centers), dtype=torch.float64).to(device)
+        self.descriptors = torch.as_tensor(np.array(descriptors), dtype=torch.float32).to(device)
+        self.centers = torch.as_tensor(np.array(centers), dtype=torch.float64).to(device)
         if self.descriptors.ndim != 2 or self.centers.shape != (len(self.descriptors), 3):
             raise ValueError(f"RetrievalIndex: descriptors {tuple(self.descriptors.shape)} and "
                              f"centers {tuple(self.centers.shape)} do not describe the same images")

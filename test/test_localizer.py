@@ -1,0 +1,83 @@
+"""The full localizer on a small rendered scene (random network: no weights can be downloaded)."""
+import numpy as np
+import pytest
+import torch
+
+from ros2_s2dhm.datasets.synthetic.generate import default_camera, street_pose
+from ros2_s2dhm.datasets.synthetic.render import render_view
+from ros2_s2dhm.datasets.synthetic.scene import make_scene
+from ros2_s2dhm.errors import InputImageError
+from ros2_s2dhm.geometry import pose_error
+from ros2_s2dhm.localizer import STAGES, Localizer, LocalizerConfig
+from ros2_s2dhm.matching import MatcherConfig
+from ros2_s2dhm.pnp import PnPConfig
+from ros2_s2dhm.reference_map import ReferenceMap
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _config():
+    # A random VGG-16 is too smooth for S2DHM's ratio test (no match survives it), and 12 px
+    # is S2DHM's threshold for 1024 px images: these 128 px images take 3 px.
+    return LocalizerConfig(top_k=3, matcher=MatcherConfig(use_ratio_test=False),
+                           pnp=PnPConfig(reprojection_error_px=3.0))
+
+
+@pytest.fixture(scope="module")
+def scene(tiny_synthetic):
+    return make_scene(0, length=14.0), default_camera(128, 96)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_recovers_a_reference_pose_precisely(tiny_map_dir, random_network, scene, device):
+    net, info = random_network
+    world, camera = scene
+    loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), _config(), device)
+    truth = street_pose(4.0)  # the pose of a reference image
+    image, _ = render_view(world, truth, camera)
+    res = loc.localize(image, camera)
+    assert res.success, res.failure_reason
+    dt_r, dr_r = pose_error(res.pose_rpnp, truth)
+    dt_f, dr_f = pose_error(res.pose_fpnp, truth)
+    assert dt_r < 0.5 and dr_r < 2.0
+    assert dt_f < 0.06 and dr_f < 0.4, (dt_f, dr_f)  # Feature-PnP removes the 4 px cell quantisation
+    assert res.pose is res.pose_fpnp and res.weights_random is False
+    assert set(res.timings_ms) == set(STAGES)
+    assert res.num_inliers >= 12 and len(res.inlier_keypoints) == res.num_inliers
+    assert np.all(np.linalg.eigvalsh(res.covariance) > 0)
+
+
+def test_localizes_between_references(tiny_map_dir, random_network, scene):
+    net, info = random_network
+    world, camera = scene
+    loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), _config())
+    truth = street_pose(9.3, y=-1.2, yaw_deg=-4)
+    res = loc.localize(render_view(world, truth, camera)[0], camera)
+    assert res.success, res.failure_reason
+    dt, dr = pose_error(res.pose, truth)
+    assert dt < 1.0 and dr < 3.0, (dt, dr)
+    centres = np.array([ReferenceMap.load(tiny_map_dir).pose(i).center[0] for i in res.reference_indices[:1]])
+    assert abs(centres[0] - 9.3) < 3.0  # retrieval picked a nearby reference
+
+
+def test_failure_has_reason_and_no_pose(tiny_map_dir, random_network, scene):
+    net, info = random_network
+    world, camera = scene
+    loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), _config())
+    image = render_view(world, street_pose(5.0), camera)[0]
+    res = loc.localize(image, camera, prior_center=[500.0, 0, 0], prior_radius_m=5.0)
+    assert not res.success and res.pose is None and res.pose_rpnp is None
+    assert "no reference" in res.failure_reason
+    flat = np.full_like(image, 128)  # no texture: matches are noise, PnP must not invent a pose
+    res = loc.localize(flat, camera)
+    assert res.pose is None or not res.success
+
+
+def test_bad_query_input_is_named(tiny_map_dir, random_network, scene):
+    net, info = random_network
+    _, camera = scene
+    loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), _config())
+    with pytest.raises(InputImageError, match="camera is 128x96"):
+        loc.localize(np.zeros((50, 60, 3), np.uint8), camera)
+    with pytest.raises(InputImageError, match="uint8"):
+        loc.localize(np.zeros((96, 128, 3), np.float32), camera)
