@@ -9,7 +9,7 @@ streaks, flakes) are drawn from the ``rng`` passed to :func:`apply_condition`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -33,8 +33,8 @@ class Condition:
     tint: tuple = (1.0, 1.0, 1.0)
     sun: float = 0.0                          # directional light with cast shadows
     sun_color: tuple = (1.0, 0.95, 0.85)
-    sun_elevation_deg: float = 35.0
-    sun_azimuth_deg: float = 50.0             # from +x towards +y
+    sun_elevation_deg: float = 40.0
+    sun_azimuth_deg: float = 25.0             # from +x towards +y
     lamps: float = 0.0                        # street lamp gain
     headlight: float = 0.0
     windows: float = 0.0                      # emission of lit windows and shop fronts
@@ -67,7 +67,7 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
               sky_horizon=(0.95, 0.7, 0.6), lamps=0.3, windows=0.3, noise_sigma=0.01),
     Condition("dusk", ambient=0.45, tint=(1.0, 0.72, 0.5), sky_top=(0.2, 0.2, 0.4), sky_horizon=(0.95, 0.55, 0.3),
               lamps=0.45, windows=0.5, noise_sigma=0.012, saturation=0.9),
-    Condition("rain", ambient=0.6, tint=(0.9, 0.93, 1.0), wet=1.0, rain_streaks=4.0, haze=0.02,
+    Condition("rain", ambient=0.6, tint=(0.9, 0.93, 1.0), wet=1.0, rain_streaks=4.0, haze=0.012,
               haze_color=(0.55, 0.57, 0.6), sky_top=(0.45, 0.47, 0.5), sky_horizon=(0.6, 0.62, 0.64),
               saturation=0.7, blur_sigma=0.8, noise_sigma=0.01),
     Condition("snow", ambient=0.9, snow=1.0, snowflakes=6.0, haze=0.025, haze_color=(0.85, 0.86, 0.88),
@@ -90,7 +90,7 @@ def get_condition(condition: str | Condition) -> Condition:
 
 def _ground_field(scene: Scene, name: str, resolution: float = 0.1) -> np.ndarray:
     """A smooth random field [H, W] in [0, 1] over the ground (x, y), fixed per scene and name."""
-    cache = scene.__dict__.setdefault("_fields", {})
+    cache = scene.fields
     if name not in cache:
         seed = [scene.seed, sum(map(ord, name))]
         rng = np.random.default_rng(seed)
@@ -162,7 +162,7 @@ def _lighting(scene: Scene, points: np.ndarray, normals: np.ndarray, pose: Pose,
 
 
 def _surface_color(scene: Scene, points: np.ndarray, normals: np.ndarray, texture: np.ndarray,
-                   quad: np.ndarray, pose: Pose, c: Condition, direct_sun: bool = True) -> np.ndarray:
+                   pose: Pose, c: Condition, direct_sun: bool = True) -> np.ndarray:
     """Outgoing colour (N, 3) of surface points with sampled textures (N, 5)."""
     albedo = texture[:, :3].astype(np.float64)
     if c.snow > 0:
@@ -196,7 +196,7 @@ def _reflections(scene: Scene, hits: Hits, sel: np.ndarray, pose: Pose, c: Condi
         tex = shade_lookup(scene, q[hit], a[hit], b[hit], footprint)
         normals = np.stack([quad.normal for quad in scene.quads])[q[hit]]
         pts = points[hit] + t[hit, None] * mirrored[hit]
-        out[hit] = _surface_color(scene, pts, normals, tex, q[hit], pose, c, direct_sun=False)
+        out[hit] = _surface_color(scene, pts, normals, tex, pose, c, direct_sun=False)
     return out
 
 
@@ -231,8 +231,7 @@ def apply_condition(scene: Scene, hits: Hits, pose: Pose, camera: Camera, c: Con
     image = _sky(rays, c)
     idx = np.flatnonzero(valid)
     points, normals = hits.points.reshape(-1, 3)[idx], hits.normals.reshape(-1, 3)[idx]
-    color = _surface_color(scene, points, normals, hits.texture.reshape(-1, 5)[idx],
-                           hits.quad.reshape(-1)[idx], pose, c)
+    color = _surface_color(scene, points, normals, hits.texture.reshape(-1, 5)[idx], pose, c)
     if c.wet > 0:
         ground = normals[:, 2] > 0.9
         puddles = np.clip((_sample_field(scene, _ground_field(scene, "puddles"), points) - 0.4) * 4, 0, 1)

@@ -111,8 +111,8 @@ def street_pose(x: float, y: float = -0.8, z: float = 1.5, yaw_deg: float = 0.0,
     forward = np.array([-1.0, 0.0, 0.0]) if backward else np.array([1.0, 0.0, 0.0])
     down = np.array([0.0, 0.0, -1.0])
     R_level = np.stack([np.cross(down, forward), down, forward])  # rows: camera x, y, z in world
-    # camera-frame perturbation: yaw about -y (up), pitch about -x, roll about z
-    delta = euler_rpy_to_matrix(np.radians(-pitch_deg), np.radians(-yaw_deg), np.radians(roll_deg))
+    # camera-frame rotation (camera x right, y down, z forward): pitch about x, yaw about -y, roll about z
+    delta = euler_rpy_to_matrix(np.radians(pitch_deg), np.radians(-yaw_deg), np.radians(roll_deg))
     return Pose.from_center(delta.T @ R_level, [x, y, z])
 
 

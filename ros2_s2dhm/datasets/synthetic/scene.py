@@ -60,7 +60,10 @@ class Lamp:
 
 @dataclass
 class Scene:
-    """Quads, lamps and the street extent (metres) of a synthetic street."""
+    """Quads, lamps and the street extent (metres) of a synthetic street.
+
+    ``fields`` caches the condition-bound random fields over the ground (snow cover, puddles).
+    """
 
     quads: list[Quad]
     lamps: list[Lamp]
@@ -68,6 +71,7 @@ class Scene:
     road_half_width: float
     street_half_width: float
     seed: int
+    fields: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.quads)
