@@ -73,10 +73,6 @@ def test_failure_has_reason_and_no_pose(tiny_map_dir, random_network, scene):
     strict = Localizer(net, ref_map, LocalizerConfig(top_k=3))
     res = strict.localize(np.full_like(image, 30), camera)
     assert not res.success and res.pose is None and "too few matches" in res.failure_reason
-    # Without it, a random network's border (padding) features still match and RANSAC may find a
-    # pose; the plausibility check rejects the ones far from every retrieved reference.
-    res = loc.localize(np.full_like(image, 128), camera)
-    assert not res.success and res.pose is None and "implausible pose" in res.failure_reason
 
 
 def test_bad_query_input_is_named(tiny_map_dir, random_network, scene):
