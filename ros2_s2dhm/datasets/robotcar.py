@@ -96,57 +96,12 @@ def _fail(path: Path, line: int, what: str) -> DatasetError:
     return DatasetError(f"{path}:{line}: {what}")
 
 
-def read_nvm(path: str | Path) -> NVMModel:
-    """Read the first model of an NVM_V3 file; raises DatasetError naming path, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: NVM model not found")
-    lines = [(i + 1, line.split()) for i, line in enumerate(path.read_text().splitlines())]
-    lines = [(i, tokens) for i, tokens in lines if tokens]
-    if not lines or not lines[0][1][0].startswith("NVM_V3"):
-        raise DatasetError(f"{path}:1: expected the header 'NVM_V3'")
-    pos = 1
-    if pos < len(lines) and lines[pos][1][0].startswith("FixedK"):  # optional shared calibration line
-        pos += 1
-
-    def count(field: str) -> int:
-        nonlocal pos
-        if pos >= len(lines):
-            raise DatasetError(f"{path}: file ends before the {field}")
-        number, tokens = lines[pos]
-        try:
-            value = int(tokens[0])
-        except ValueError:
-            raise _fail(path, number, f"field '{field}': expected an integer, got {tokens[0]!r}") from None
-        pos += 1
-        return value
-
-    n_cameras = count("number of cameras")
-    cameras = []
-    for _ in range(n_cameras):
-        if pos >= len(lines):
-            raise DatasetError(f"{path}: file ends inside the camera list ({len(cameras)} of {n_cameras})")
-        number, tokens = lines[pos]
-        pos += 1
-        if len(tokens) < 10:
-            raise _fail(path, number, f"camera line needs 'name f qw qx qy qz Cx Cy Cz k 0', got {len(tokens)} fields")
-        try:
-            values = np.array(tokens[1:10], np.float64)
-        except ValueError:
-            raise _fail(path, number, f"camera '{tokens[0]}': non-numeric value in f/q/C/k fields") from None
-        if not np.all(np.isfinite(values)) or values[0] <= 0 or np.linalg.norm(values[1:5]) < 1e-9:
-            raise _fail(path, number, f"camera '{tokens[0]}': focal must be > 0 and quaternion non-zero")
-        R = Pose.from_quaternion(values[1:5], np.zeros(3)).R
-        cameras.append(NVMCamera(tokens[0], float(values[0]), Pose.from_center(R, values[5:8]), float(values[8])))
-    n_points = count("number of points") if pos < len(lines) else 0
-    points = np.zeros((n_points, 3))
-    colors = np.zeros((n_points, 3), np.uint8)
-    obs_blocks, obs_counts = [], np.zeros(n_points, np.int64)
+def _parse_points_slow(path: Path, lines: list[str], first: int, n_points: int, n_cameras: int):
+    """Line-by-line point parser; raises DatasetError naming the first bad line and field."""
+    points, colors, blocks, counts = np.zeros((n_points, 3)), np.zeros((n_points, 3), np.uint8), [], []
     for p in range(n_points):
-        if pos >= len(lines):
-            raise DatasetError(f"{path}: file ends inside the point list ({p} of {n_points})")
-        number, tokens = lines[pos]
-        pos += 1
+        number = first + p + 1
+        tokens = lines[first + p].split()
         try:
             n_obs = int(tokens[6])
         except (ValueError, IndexError):
@@ -161,10 +116,90 @@ def read_nvm(path: str | Path) -> NVMModel:
         if n_obs and (obs[:, 0].min() < 0 or obs[:, 0].max() >= n_cameras):
             raise _fail(path, number, f"point {p}: field 'image' out of range [0, {n_cameras})")
         points[p], colors[p] = values[:3], np.clip(values[3:6], 0, 255)
-        obs_blocks.append(obs)
-        obs_counts[p] = n_obs
-    obs = np.concatenate(obs_blocks) if obs_blocks else np.zeros((0, 4))
-    return NVMModel(cameras, points, colors, np.repeat(np.arange(n_points), obs_counts),
+        blocks.append(obs)
+        counts.append(n_obs)
+    obs = np.concatenate(blocks) if blocks else np.zeros((0, 4))
+    return points, colors, np.asarray(counts, np.int64), obs
+
+
+def _parse_points(path: Path, lines: list[str], first: int, n_points: int, n_cameras: int):
+    """Points block -> (points (P, 3), colors (P, 3) uint8, counts (P,), obs (K, 4)); fast path in C."""
+    block = lines[first:first + n_points]
+    if len(block) < n_points:
+        raise DatasetError(f"{path}: file ends inside the point list ({len(block)} of {n_points})")
+    values = np.fromstring(" ".join(block), dtype=np.float64, sep=" ") if block else np.zeros(0)
+    starts = np.empty(n_points, np.int64)
+    pos, size = 0, len(values)
+    for p in range(n_points):  # walk the variable-length records
+        if pos + 7 > size:
+            break
+        starts[p] = pos
+        pos += 7 + 4 * int(values[pos + 6])
+    else:
+        if pos == size:
+            counts = values[starts + 6].astype(np.int64)
+            if np.all(counts >= 0) and np.array_equal(counts, values[starts + 6]):
+                offsets = np.repeat(starts + 7 - 4 * np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+                flat = offsets + 4 * np.arange(int(counts.sum()))
+                obs = values[flat[:, None] + np.arange(4)] if len(flat) else np.zeros((0, 4))
+                if len(obs) == 0 or (obs[:, 0].min() >= 0 and obs[:, 0].max() < n_cameras):
+                    xyz = values[starts[:, None] + np.arange(3)]
+                    rgb = np.clip(values[starts[:, None] + np.arange(3, 6)], 0, 255).astype(np.uint8)
+                    if np.all(np.isfinite(xyz)):
+                        return xyz, rgb, counts, obs
+    return _parse_points_slow(path, lines, first, n_points, n_cameras)
+
+
+def read_nvm(path: str | Path) -> NVMModel:
+    """Read the first model of an NVM_V3 file; raises DatasetError naming path, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: NVM model not found")
+    lines = path.read_text().splitlines()
+    pos = 0
+
+    def next_tokens(what: str) -> list[str]:
+        nonlocal pos
+        while pos < len(lines) and not lines[pos].strip():
+            pos += 1
+        if pos >= len(lines):
+            raise DatasetError(f"{path}: file ends before the {what}")
+        pos += 1
+        return lines[pos - 1].split()
+
+    if not next_tokens("header")[0].startswith("NVM_V3"):
+        raise DatasetError(f"{path}:{pos}: expected the header 'NVM_V3'")
+
+    def count(field: str) -> int:
+        tokens = next_tokens(field)
+        if tokens[0].startswith("FixedK"):  # optional shared calibration line
+            tokens = next_tokens(field)
+        try:
+            return int(tokens[0])
+        except ValueError:
+            raise _fail(path, pos, f"field '{field}': expected an integer, got {tokens[0]!r}") from None
+
+    n_cameras = count("number of cameras")
+    cameras = []
+    for _ in range(n_cameras):
+        tokens = next_tokens(f"camera list ({len(cameras)} of {n_cameras} read)")
+        if len(tokens) < 10:
+            raise _fail(path, pos, f"camera line needs 'name f qw qx qy qz Cx Cy Cz k 0', got {len(tokens)} fields")
+        try:
+            values = np.array(tokens[1:10], np.float64)
+        except ValueError:
+            raise _fail(path, pos, f"camera '{tokens[0]}': non-numeric value in f/q/C/k fields") from None
+        if not np.all(np.isfinite(values)) or values[0] <= 0 or np.linalg.norm(values[1:5]) < 1e-9:
+            raise _fail(path, pos, f"camera '{tokens[0]}': focal must be > 0 and quaternion non-zero")
+        R = Pose.from_quaternion(values[1:5], np.zeros(3)).R
+        cameras.append(NVMCamera(tokens[0], float(values[0]), Pose.from_center(R, values[5:8]), float(values[8])))
+    while pos < len(lines) and not lines[pos].strip():
+        pos += 1
+    n_points = count("number of points") if pos < len(lines) else 0
+    while pos < len(lines) and not lines[pos].strip():
+        pos += 1
+    points, colors, counts, obs = _parse_points(path, lines, pos, n_points, n_cameras)
+    return NVMModel(cameras, points, colors, np.repeat(np.arange(n_points), counts),
                     obs[:, 0].astype(np.int64), obs[:, 1].astype(np.int64), obs[:, 2:4].copy())
 
 

@@ -50,10 +50,13 @@ class Condition:
     noise_sigma: float = 0.006                # read noise (before gain)
     gain: float = 1.0
     vignetting: float = 0.2
+    exposure_jitter: float = 0.06             # per-image log-normal exposure variation (auto exposure)
+    motion_blur_px: float = 0.0               # length of a horizontal motion-blur kernel (long exposures)
 
 
 _NIGHT = dict(ambient=0.02, sky_top=(0.01, 0.012, 0.03), sky_horizon=(0.04, 0.035, 0.05),
-              lamps=0.5, headlight=0.8, windows=0.6, noise_sigma=0.012, gain=1.7, saturation=0.85)
+              lamps=0.5, headlight=0.8, windows=0.6, noise_sigma=0.012, gain=1.7, saturation=0.85,
+              motion_blur_px=3.0)
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in [
     Condition("overcast-reference"),
@@ -257,13 +260,17 @@ def apply_condition(scene: Scene, hits: Hits, pose: Pose, camera: Camera, c: Con
         image = _draw_particles(image, rng, int(c.rain_streaks * h * w / 1000), snow=False)
     if c.blur_sigma > 0:
         image = cv2.GaussianBlur(image, (0, 0), c.blur_sigma)
+    if c.motion_blur_px >= 2:
+        length = int(round(c.motion_blur_px * w / 320))
+        if length >= 2:
+            image = cv2.blur(image, (length, 1))
     yy, xx = np.mgrid[0:h, 0:w]
     r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
     image = image * (1 - c.vignetting * r2)[..., None]
     # sensor: shot + read noise, then gain
     signal = np.clip(image, 0, None)
     noise = rng.normal(0, 1, image.shape) * np.sqrt(c.noise_sigma ** 2 + 0.0004 * signal)
-    image = (image + noise) * c.gain
+    image = (image + noise) * c.gain * np.exp(c.exposure_jitter * rng.standard_normal())
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

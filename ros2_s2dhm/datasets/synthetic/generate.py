@@ -7,17 +7,25 @@ Layout written under ``out_dir`` (as RobotCar Seasons):
 - ``3D-models/all-merged/all.nvm`` (reference cameras and triangulated points)
 - ``ground_truth.txt`` (queries, ``rear/<ts>.jpg qw qx qy qz tx ty tz``, world-to-camera)
 - ``queries/<condition>_queries_with_intrinsics.txt`` (hloc query lists)
-- ``correspondences/<condition>/<query_ts>_<reference_ts>.mat`` (exact pixel correspondences)
+- ``correspondences/<condition>/<query_ts>_<reference_ts>.mat`` (exact pixel correspondences between
+  the query (image j) and its nearest references (image i), names relative to ``images/``;
+  ``dist_from_center`` is the distance in pixels of ``pt_i`` from the centre of image i)
+- ``synthetic_info.json`` (seed, size preset, camera, counts)
 
 The reference traversal drives along the street every ``reference_spacing`` metres with a rear
 camera (looking back along -x); each query condition has its own traversal at random positions
-with lateral, height and small rotation offsets.
+with lateral, height and small rotation offsets, drawn from its own random stream so that
+generating a subset of the conditions gives the same images, poses and timestamps. Each query
+condition is another day: a fraction ``scene_changes`` of the parked cars is gone or moved
+(:meth:`~.scene.Scene.with_changes`); the model and correspondences stay exact (the depth test
+drops what changed).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -59,6 +67,8 @@ class SyntheticSize:
     max_depth: float = 45.0               # metres; farther surface points are not triangulated
     track_window: int = 5                 # a point is observed at most this many images before/after its source
     correspondence_step: int = 4          # pixel grid step of the correspondences
+    scene_changes: float = 0.5            # fraction of parked cars gone or moved in each query condition
+    correspondence_references: int = 2    # nearest references paired with each query
     jpeg_quality: int = 95
 
 
@@ -66,7 +76,7 @@ SIZES: dict[str, SyntheticSize] = {
     "default": SyntheticSize(),
     "tiny": SyntheticSize(width=128, height=96, length=14.0, reference_spacing=2.0, queries_per_condition=2,
                           conditions=("sun", "dusk", "rain", "snow", "night"), max_corners=400,
-                          correspondence_step=4),
+                          correspondence_step=4, scene_changes=0.0, correspondence_references=1),
 }
 
 
@@ -129,6 +139,13 @@ def query_traversal(size: SyntheticSize, rng: np.random.Generator) -> list[Pose]
     return [street_pose(float(x), y=-0.8 + rng.uniform(-1.0, 1.0), z=1.5 + rng.uniform(-0.1, 0.1),
                         yaw_deg=rng.uniform(-6, 6), pitch_deg=rng.uniform(-2, 2), roll_deg=rng.uniform(-1, 1))
             for x in xs]
+
+
+def scene_of_condition(scene: Scene, condition: str, fraction: float) -> Scene:
+    """The street as seen on the day of ``condition`` (parked cars changed with ``fraction``)."""
+    if condition == REFERENCE_CONDITION or fraction <= 0:
+        return scene
+    return scene.with_changes(list(CONDITIONS).index(get_condition(condition).name) + 1, fraction)
 
 
 def backproject(depth: np.ndarray, pose: Pose, camera: Camera, uv: np.ndarray) -> np.ndarray:
@@ -224,9 +241,9 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0, size: str | Synthetic
             raise DatasetError(f"unknown synthetic size '{size}'; use one of {sorted(SIZES)}")
         size = SIZES[size]
     if conditions is not None:
-        for name in conditions:
-            get_condition(name)
         size = replace(size, conditions=tuple(conditions))
+    for name in size.conditions:
+        get_condition(name)  # DatasetError for unknown names, before anything is written
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     scene = make_scene(seed, length=size.length)
@@ -251,32 +268,40 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0, size: str | Synthetic
 
     queries, gt_lines, n_corr = [], [], 0
     centers = np.stack([r.pose.center for r in references])
-    for k, condition in enumerate(size.conditions):
-        if condition not in CONDITIONS:
-            raise DatasetError(f"unknown synthetic condition '{condition}'")
+    for condition in size.conditions:
+        # per-condition streams and timestamps: a condition's queries do not depend on the others
+        k = list(CONDITIONS).index(condition)
+        rng = np.random.default_rng([seed, 2, k])
+        day = scene_of_condition(scene, condition, size.scene_changes)
         base = _BASE_TIMESTAMP_US + (k + 1) * 7 * _DAY_US + 3_600_000_000
         cond_queries = []
         for i, pose in enumerate(iterator(query_traversal(size, rng), condition)):
             ts = base + i * 2_000_000
             name = f"{condition}/{CAMERA_NAME}/{ts}.jpg"
-            image, depth = render_view(scene, pose, camera, condition, rng)
+            image, depth = render_view(day, pose, camera, condition, rng)
             _write_image(root / "images" / name, image, size.jpeg_quality)
             view = SyntheticView(name, condition, pose, ts)
             cond_queries.append(view)
             q = pose.quaternion_wxyz()
             gt_lines.append(f"{CAMERA_NAME}/{ts}.jpg " + " ".join(f"{v:.10f}" for v in (*q, *pose.t)))
-            nearest = int(np.argmin(np.linalg.norm(centers - pose.center, axis=1)))
-            ref = references[nearest]
-            uv_q, uv_r = pixel_correspondences(depth, pose, ref_depths[nearest], ref.pose, camera,
-                                               size.correspondence_step)
-            center = np.array([(camera.width - 1) / 2, (camera.height - 1) / 2])
-            write_correspondences_mat(root / "correspondences" / condition / f"{ts}_{ref.timestamp}.mat",
-                                      ref.name, name, uv_r, uv_q, np.linalg.norm(uv_r - center, axis=1))
-            n_corr += 1
+            nearest = np.argsort(np.linalg.norm(centers - pose.center, axis=1), kind="stable")
+            for index in nearest[:size.correspondence_references]:
+                ref = references[index]
+                uv_q, uv_r = pixel_correspondences(depth, pose, ref_depths[index], ref.pose, camera,
+                                                   size.correspondence_step)
+                center = np.array([(camera.width - 1) / 2, (camera.height - 1) / 2])
+                write_correspondences_mat(root / "correspondences" / condition / f"{ts}_{ref.timestamp}.mat",
+                                          ref.name, name, uv_r, uv_q, np.linalg.norm(uv_r - center, axis=1))
+                n_corr += 1
         write_query_list(root / "queries" / f"{condition}_queries_with_intrinsics.txt",
                          [(v.name, camera) for v in cond_queries])
         queries.extend(cond_queries)
     (root / "ground_truth.txt").write_text("\n".join(gt_lines) + "\n")
+    info = {"generator": "ros2_s2dhm.datasets.synthetic", "seed": seed, "size": asdict(size),
+            "camera": {"model": camera.model, "width": camera.width, "height": camera.height,
+                       "params_opencv": camera.params.tolist()},
+            "references": len(references), "queries": len(queries), "points": int(len(model.points))}
+    (root / "synthetic_info.json").write_text(json.dumps(info, indent=2) + "\n")
     seconds = time.perf_counter() - start
     logger.info("synthetic set in %s: %d references, %d queries, %d points, %.1f s", root,
                 len(references), len(queries), len(model.points), seconds)

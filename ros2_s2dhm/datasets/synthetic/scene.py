@@ -71,10 +71,47 @@ class Scene:
     road_half_width: float
     street_half_width: float
     seed: int
+    cars: list["CarSlot"] = field(default_factory=list, repr=False)
+    num_static: int = -1                  # quads[:num_static] do not depend on the variant
+    texel: float = 0.04
+    variant: int = 0
     fields: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.quads)
+
+    def with_changes(self, variant: int, fraction: float) -> "Scene":
+        """The same street on another day: each parked car is, with probability ``fraction``,
+        gone (half of the cases) or replaced by another car parked 0.5-1.5 m further along.
+
+        Deterministic for (seed, variant); the static part (ground, buildings, lamps) is shared.
+        """
+        quads = self.quads[:self.num_static]  # a new list sharing the static quads
+        for index, slot in enumerate(self.cars):
+            draw = np.random.default_rng([self.seed, 8, index, variant])
+            u = draw.random()
+            if variant != 0 and u < fraction / 2:
+                continue
+            moved = variant != 0 and u < fraction
+            if moved:
+                slot = CarSlot(slot.x + draw.choice([-1, 1]) * draw.uniform(0.5, 1.5), slot.y, slot.length,
+                               slot.width, draw.uniform(1.3, 1.7), draw.uniform(-0.05, 0.05))
+            add_box(quads, np.random.default_rng([self.seed, 7, index, variant if moved else 0]),
+                    (slot.x, slot.y), (slot.length, slot.width), slot.height, "car", False, self.texel, slot.yaw)
+        return Scene(quads, self.lamps, self.length, self.road_half_width, self.street_half_width, self.seed,
+                     self.cars, self.num_static, self.texel, variant, self.fields)
+
+
+@dataclass(frozen=True)
+class CarSlot:
+    """A parked car of the reference day: centre (x, y), footprint, height (metres) and yaw (rad)."""
+
+    x: float
+    y: float
+    length: float
+    width: float
+    height: float
+    yaw: float
 
 
 def add_box(quads: list, rng: np.random.Generator, center_xy, size, height: float,
@@ -108,6 +145,8 @@ def make_scene(seed: int = 0, length: float = 60.0, road_half_width: float = 4.0
                street_half_width: float = 7.0, texel: float = 0.04) -> Scene:
     """Build the street for ``seed``: ground, facades on both sides, end walls, cars, kiosks, lamps.
 
+    This is the reference day (variant 0); :meth:`Scene.with_changes` gives other days.
+
     The camera traversals of :mod:`generate` run along x in [0, length]; the street extends 12 m
     beyond both ends and is closed by buildings so that every ray looking along it hits a surface.
     """
@@ -139,15 +178,16 @@ def make_scene(seed: int = 0, length: float = 60.0, road_half_width: float = 4.0
             quads.append(Quad([x_end, -street_half_width, 0], [0, width, 0], [0, 0, h], tex, "facade"))
         else:
             quads.append(Quad([x_end, street_half_width, 0], [0, -width, 0], [0, 0, h], tex, "facade"))
-    # parked cars along the road edges, kiosks and bins on the sidewalks
+    # parked cars along the road edges (added last, they change between days), kiosks and bins
+    cars = []
     for side in (+1, -1):
         x = x0 + rng.uniform(0, 6)
         while x < x1 - 5:
             if rng.random() < 0.55:
-                y = side * (road_half_width - 0.95)
-                add_box(quads, rng, (x + 2.1, y), (4.2, 1.8), rng.uniform(1.3, 1.7), "car", False, texel,
-                        yaw=rng.uniform(-0.05, 0.05))
-            x += rng.uniform(5.0, 9.0)
+                cars.append(CarSlot(x + 2.1, side * (road_half_width - 0.95), 4.2, 1.8, rng.uniform(1.3, 1.7),
+                                    rng.uniform(-0.05, 0.05)))
+            x += rng.uniform(6.0, 9.0)
+    for side in (+1, -1):
         x = x0 + rng.uniform(0, 10)
         while x < x1 - 3:
             y = side * rng.uniform(road_half_width + 0.8, street_half_width - 1.0)
@@ -167,4 +207,6 @@ def make_scene(seed: int = 0, length: float = 60.0, road_half_width: float = 4.0
             color = np.array([1.0, 0.75, 0.45]) if rng.random() < 0.6 else np.array([0.9, 0.95, 1.0])
             lamps.append(Lamp(np.array([x, y - side * 0.6, h + 0.1]), color, rng.uniform(40, 80)))
             x += rng.uniform(12.0, 20.0)
-    return Scene(quads, lamps, float(length), float(road_half_width), float(street_half_width), int(seed))
+    static = Scene(quads, lamps, float(length), float(road_half_width), float(street_half_width), int(seed),
+                   cars, len(quads), texel)
+    return static.with_changes(0, 0.0)

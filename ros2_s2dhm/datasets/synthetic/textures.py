@@ -194,7 +194,8 @@ def facade_texture(rng: np.random.Generator, width_m: float, height_m: float,
             tex[y0:y0 + hh, x0:x0 + ww, :3] = poster[:hh, :ww]
     rgb = _rgb_view(tex)
     for _ in range(int(rng.integers(0, 3))):  # graffiti strokes
-        pts = np.cumsum(rng.normal(0, 0.25 * px, (8, 2)), axis=0) + [rng.uniform(0, w), y_ground - rng.uniform(0.3, 1.8) * px]
+        start = [rng.uniform(0, w), y_ground - rng.uniform(0.3, 1.8) * px]
+        pts = np.cumsum(rng.normal(0, 0.25 * px, (8, 2)), axis=0) + start
         cv2.polylines(rgb, [pts.astype(np.int32)], False,
                       tuple(float(c) for c in random_color(rng, saturation=(0.6, 1.0))),
                       max(1, int(0.05 * px)), lineType=cv2.LINE_AA)
