@@ -12,6 +12,12 @@ each device are warm-up runs and are not counted. CUDA stages are synchronised b
 localizer, so each stage is charged its own work. ``--devices auto`` (default) means cpu,
 plus cuda when available. Prints a table and writes JSON (``--out``, default
 ``benchmark.json``).
+
+The defaults (tiny synthetic set, 256 px, top-10, 8 queries) take a few minutes on 2 CPU
+cores. The GPU target setting is e.g.
+``--synthetic-size default --image-size 512 --top-k 30 --devices cuda --queries 100``.
+Random weights usually give no matches, so the pnp and refine stages are then missing
+from the medians (the tool warns); time those with trained weights.
 """
 from __future__ import annotations
 
@@ -25,16 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ros2_s2dhm.datasets.base import read_image
+from ros2_s2dhm.datasets import load_dataset, read_image
+from ros2_s2dhm.datasets.synthetic import generate_synthetic
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation import report as rep
-from ros2_s2dhm.evaluation.run import evaluate_queries, load_dataset
+from ros2_s2dhm.evaluation.run import evaluate_queries
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.localizer import Localizer, LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
 from ros2_s2dhm.reference_map import ReferenceMap
+from offline_tools.common import resolve_device, resolve_weights
 
 log = logging.getLogger("benchmark")
+BUILD_IMAGE_SIZE = 256  # default size of a map the tool builds: minutes on 2 CPU cores; use 512 on a GPU
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog="\n".join(__doc__.split("\n")[1:]))
     p.add_argument("--dataset", type=Path, help="dataset root; default: a generated synthetic set")
     p.add_argument("--map", type=Path, help="map of --dataset; default: built in --work-dir")
-    p.add_argument("--weights", type=Path, help="network weights; default: seeded random init")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set and random init")
+    p.add_argument("--weights", default="default",
+                   help="weights file, 'default' for the shipped weights or 'random' (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated synthetic set")
     p.add_argument("--synthetic-size", default="tiny", choices=("tiny", "default"),
                    help="size of the generated synthetic set (default tiny)")
     p.add_argument("--devices", default="auto",
@@ -52,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=8, help="timed queries per device (default 8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up queries per device")
     p.add_argument("--image-size", type=int, default=None,
-                   help="longer image side fed to the network (default: the map's; 512 for a "
-                        "map this tool builds)")
+                   help="longer image side fed to the network (default: the map's size for "
+                        f"--map, {BUILD_IMAGE_SIZE} for a map this tool builds)")
     p.add_argument("--top-k", type=int, default=10, help="reference images retrieved per query")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--work-dir", type=Path, help="where the synthetic set and map are written")
@@ -67,20 +77,28 @@ def resolve_devices(spec: str) -> list[str]:
     names = ["cpu", "cuda"] if spec == "auto" else [d.strip() for d in spec.split(",") if d.strip()]
     devices = []
     for name in names:
-        if name.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            devices.append(resolve_device(name))
+        except ValueError as err:
             if spec != "auto":
-                log.warning("device %s skipped: CUDA is not available on this machine", name)
-            continue
-        devices.append(name)
+                log.warning("device %s skipped: %s", name, err)
     if not devices:
         raise S2DHMError(f"--devices {spec}: none of these devices is available")
     return devices
 
 
 def device_name(device: str) -> str:
+    """GPU name, or the CPU model with the number of torch threads."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def pick_queries(queries: list, n: int, warmup: int) -> tuple[list, list]:
@@ -95,7 +113,6 @@ def pick_queries(queries: list, n: int, warmup: int) -> tuple[list, list]:
 def prepare_map(args, work_dir: Path, build_device: str):
     """(dataset, map directory): given, or generated / built in ``work_dir``."""
     if args.dataset is None:
-        from ros2_s2dhm.datasets.synthetic import generate_synthetic
         data_dir = work_dir / f"synthetic_{args.synthetic_size}_{args.seed}"
         log.info("generating a %s synthetic set in %s", args.synthetic_size, data_dir)
         generate_synthetic(data_dir, seed=args.seed, size=args.synthetic_size)
@@ -105,8 +122,8 @@ def prepare_map(args, work_dir: Path, build_device: str):
     if args.map is not None:
         return dataset, args.map
     map_dir = work_dir / "map"
-    network, info = load_network(args.weights, device=build_device, seed=args.seed)
-    config = MapBuildConfig(image_size=args.image_size or MapBuildConfig.image_size)
+    network, info = load_network(resolve_weights(args.weights), device=build_device)
+    config = MapBuildConfig(image_size=args.image_size or BUILD_IMAGE_SIZE)
     log.info("building the map of %d reference images in %s", len(dataset.references), map_dir)
     build_reference_map(dataset, network, info.sha256, info.kind, map_dir, config,
                         device=build_device, progress=not args.quiet)
@@ -115,7 +132,7 @@ def prepare_map(args, work_dir: Path, build_device: str):
 
 def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:
     """Time the localizer on ``device``; returns the per-device JSON entry."""
-    network, info = load_network(args.weights, device=device, seed=args.seed)
+    network, info = load_network(resolve_weights(args.weights), device=device)
     reference_map = ReferenceMap.load(map_dir, expected_weights_sha256=info.sha256)
     config = LocalizerConfig(top_k=args.top_k, image_size=args.image_size)
     localizer = Localizer(network, reference_map, config, device=device, weights_random=info.random)

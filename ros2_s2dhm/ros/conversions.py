@@ -20,7 +20,6 @@ convention, so no axis permutation is needed between the two.
 from __future__ import annotations
 
 import logging
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -399,11 +398,3 @@ def to_transform_stamped(world_to_camera: Pose, stamp, parent: str, child: str,
 def stamp_to_ns(stamp) -> int:
     """``builtin_interfaces/Time`` -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_seconds(ns: int) -> float:
-    return ns * 1e-9
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -377,6 +377,8 @@ class LocalizerNode(Node):
             try:
                 self._process(frame)
             except Exception as exc:  # keep the node alive whatever happens
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: the publishers are gone
                 self.get_logger().error(f"unexpected error: {exc}\n{traceback.format_exc()}")
                 self._set_status(DiagnosticStatus.ERROR, f"unexpected error: {exc}", {})
 
@@ -468,7 +470,8 @@ class LocalizerNode(Node):
         self._pose_pub.publish(out)
         self._stats.poses_published += 1
         if self._tf is not None:
-            child = self._p["base_frame"] or self._p["camera_frame"] or msg.header.frame_id
+            child = (self._p["base_frame"] if self._frame_in_camera is not None
+                     else self._p["camera_frame"] or msg.header.frame_id)
             if child:
                 self._tf.sendTransform(conv.to_transform_stamped(
                     pose, msg.header.stamp, frame_id, child, self._frame_in_camera))
@@ -502,6 +505,8 @@ class LocalizerNode(Node):
         self._publish_diagnostics()
 
     def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
         level, message, values = self._status
         if self._pipeline is None:
             level, message = DiagnosticStatus.ERROR, f"no map loaded: {self._map_error}"

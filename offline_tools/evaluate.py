@@ -1,0 +1,144 @@
+"""Localize every query of a dataset against a reference map; write submissions and scores.
+
+    evaluate --dataset DIR --map MAP --out OUT [--ground-truth FILE] [--conditions a,b]
+             [--device cpu|cuda] [--weights W] [--top-k K] [--limit N] [--local-validation]
+
+Writes to OUT:
+  submission_rpnp.txt, submission_fpnp.txt  visuallocalization.net format, one file per
+      method with every localized query; a failed query is absent (the service counts
+      an absent query as not localized) and never gets a placeholder pose;
+  queries.csv   every query, failed ones included with their failure reason;
+  timing.json   per-stage median and p90 milliseconds;
+and with ground truth (``--ground-truth``, or the reference poses in local validation):
+  results.json  recall at (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°) per condition and over
+      all queries (failures count as misses), median errors (failures count as infinite;
+      null when half or more failed), weights, timing medians;
+  results.txt   the printed table;  plots/cumulative_<condition>.png.
+
+``--local-validation``: the reference images are the queries (the paper's local
+validation); the identical map image is excluded from retrieval and the reference poses
+are the ground truth. ``--limit N`` keeps at most N queries per condition, spread over it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ros2_s2dhm.datasets import load_dataset, read_image
+from ros2_s2dhm.errors import DatasetError, S2DHMError
+from ros2_s2dhm.evaluation import report as rep
+from ros2_s2dhm.evaluation.plots import plot_all_conditions
+from ros2_s2dhm.evaluation.recall import evaluate_recall
+from ros2_s2dhm.evaluation.run import (evaluate_queries, failure_counts, outcome_conditions,
+                                       outcome_estimates, reference_queries,
+                                       select_queries, write_outcomes_csv)
+from ros2_s2dhm.evaluation.submission import read_submission, write_submission
+from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.localizer import Localizer, LocalizerConfig
+from ros2_s2dhm.reference_map import ReferenceMap
+from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+
+log = logging.getLogger("evaluate")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="dataset root (RobotCar Seasons layout with images/, or a CMU slice)")
+    p.add_argument("--map", required=True, type=Path, help="reference map directory (build_map)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--ground-truth", type=Path,
+                   help="query poses, same format as a submission (name qw qx qy qz tx ty tz)")
+    p.add_argument("--conditions", type=lambda s: [c for c in s.split(",") if c],
+                   help="comma-separated query conditions (folders under images/); default all")
+    add_weights_args(p)  # --weights (must be those the map was built with), --device
+    p.add_argument("--top-k", type=int, default=None, help="reference images retrieved per query")
+    p.add_argument("--limit", type=int, default=None, help="at most N queries per condition")
+    p.add_argument("--local-validation", action="store_true",
+                   help="use the reference images as queries, excluding the identical image")
+    p.add_argument("--no-plots", action="store_true", help="skip the cumulative error plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, device: str) -> int:
+    dataset = load_dataset(args.dataset, None if args.local_validation else args.conditions)
+    if args.local_validation:
+        queries, ground_truth = reference_queries(dataset)
+        if args.ground_truth:
+            log.warning("--ground-truth is ignored in local validation (reference poses are used)")
+    else:
+        queries = dataset.queries
+        ground_truth = read_submission(args.ground_truth) if args.ground_truth else None
+    queries = select_queries(queries, args.conditions, args.limit)
+    if not queries:
+        raise DatasetError(f"{args.dataset}: no queries to localize")
+    if ground_truth is not None:  # fail before hours of localization, not after
+        missing = [q.name for q in queries if q.name not in ground_truth]
+        if missing:
+            raise DatasetError(f"{args.ground_truth}: no pose for {len(missing)} of {len(queries)} "
+                               f"queries (e.g. {', '.join(missing[:3])})")
+
+    network, weights = load_network(resolve_weights(args.weights), device=device)
+    weights_text = rep.describe_weights(weights)
+    reference_map = ReferenceMap.load(args.map, expected_weights_sha256=weights.sha256)
+    config = LocalizerConfig() if args.top_k is None else LocalizerConfig(top_k=args.top_k)
+    localizer = Localizer(network, reference_map, config, device=device, weights_random=weights.random)
+    log.info("%d queries, map %s (%d images), weights: %s, device %s", len(queries), args.map,
+             len(reference_map), weights_text, device)
+
+    outcomes = evaluate_queries(localizer, queries, read_image, exclude_self=args.local_validation,
+                                progress=not args.quiet)
+
+    out = args.out
+    estimates = outcome_estimates(outcomes)
+    for method, entries in estimates.items():
+        write_submission(out / f"submission_{method}.txt", entries)
+    timings = rep.summarize_timings([o.timings_ms for o in outcomes])
+    rep.write_json(out / "timing.json", {"device": device, "weights": weights_text, "stages": timings})
+    report = None
+    if ground_truth is not None:
+        report = evaluate_recall(outcome_conditions(outcomes), estimates, ground_truth)
+        results = rep.results_dict(report, weights_text, rep.timing_medians([o.timings_ms for o in outcomes]))
+        rep.write_json(out / "results.json", results)
+        table = rep.format_recall_table(report)
+        (out / "results.txt").write_text(f"weights: {weights_text}\n{table}\n")
+        if not args.no_plots:
+            plot_all_conditions(report, out / "plots")
+    write_outcomes_csv(out / "queries.csv", outcomes, report)
+
+    failed = failure_counts(outcomes)
+    print(f"\n{len(outcomes)} queries, {len(outcomes) - sum(failed.values())} localized; "
+          f"weights: {weights_text}")
+    for reason, count in failed.items():
+        print(f"  failed ({count}): {reason}")
+    print("\n" + rep.format_timing_table({device: timings}))
+    if report is not None:
+        print("\n" + rep.format_recall_table(report))
+    if weights.random:
+        print("\nWARNING: random network weights; these numbers do not measure the method.")
+    print(f"\nwritten to {out}/")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, device)
+    except S2DHMError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""End to end: tiny synthetic set -> map -> evaluate / benchmark command-line tools."""
+import csv
+import json
+
+import pytest
+import torch
+
+from offline_tools import benchmark, evaluate
+from ros2_s2dhm.datasets import load_dataset
+from ros2_s2dhm.datasets.synthetic import generate_synthetic
+from ros2_s2dhm.evaluation.run import select_queries
+from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
+
+IMAGE_SIZE = 128  # small: these tests measure plumbing, not accuracy
+
+
+@pytest.fixture(scope="module")
+def synthetic_map(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_e2e")
+    data = root / "data"
+    generate_synthetic(data, seed=0, size="tiny")
+    dataset = load_dataset(data)
+    network, info = load_network(None, device="cpu", seed=0)
+    build_reference_map(dataset, network, info.sha256, info.kind, root / "map",
+                        MapBuildConfig(image_size=IMAGE_SIZE, max_keypoints=512), device="cpu",
+                        progress=False)
+    return data, root / "map", dataset
+
+
+def test_evaluate_writes_complete_results(synthetic_map, tmp_path, capsys):
+    data, map_dir, dataset = synthetic_map
+    queries = select_queries(dataset.queries, limit=2)
+    conditions = sorted({q.condition for q in queries})
+    out = tmp_path / "out"
+    rc = evaluate.main(["--dataset", str(data), "--map", str(map_dir), "--out", str(out),
+                        "--ground-truth", str(data / "ground_truth.txt"), "--device", "cpu",
+                        "--weights", "random", "--limit", "2", "--top-k", "3", "--quiet"])
+    assert rc == 0
+    rows = list(csv.DictReader((out / "queries.csv").open()))
+    assert sorted(r["name"] for r in rows) == sorted(q.name for q in queries)  # none dropped
+    localized = {r["name"] for r in rows if r["success"] == "1"}
+    for method in ("rpnp", "fpnp"):
+        assert set(read_submission(out / f"submission_{method}.txt")) == localized
+    results = json.loads((out / "results.json").read_text())
+    assert results["thresholds"] == [[0.25, 2], [0.5, 5], [5, 10]]
+    assert sorted(results["conditions"]) == conditions
+    assert results["all"]["queries"] == len(queries)
+    assert "RANDOM" in results["weights"]
+    assert results["timing_ms"]["total"] > 0
+    for cond in conditions:
+        assert (out / "plots" / f"cumulative_{cond}.png").is_file()
+    assert "Feature-PnP" in capsys.readouterr().out
+
+
+def test_local_validation_uses_references_and_excludes_self(synthetic_map, tmp_path):
+    data, map_dir, dataset = synthetic_map
+    out = tmp_path / "lv"
+    rc = evaluate.main(["--dataset", str(data), "--map", str(map_dir), "--out", str(out),
+                        "--device", "cpu", "--weights", "random", "--local-validation",
+                        "--limit", "2", "--top-k", "2", "--quiet", "--no-plots"])
+    assert rc == 0
+    rows = list(csv.DictReader((out / "queries.csv").open()))
+    ref_names = {r.name for r in dataset.references}
+    assert rows and {r["name"] for r in rows} <= ref_names
+    assert all(r["top_reference"] != r["name"] for r in rows)  # the identical image is excluded
+    assert json.loads((out / "results.json").read_text())["all"]["queries"] == len(rows)
+
+
+def test_evaluate_reports_bad_inputs(synthetic_map, tmp_path, capsys):
+    data, map_dir, _ = synthetic_map
+    gt = tmp_path / "gt.txt"
+    gt.write_text("rear/unknown.jpg 1 0 0 0 0 0 0\n")
+    rc = evaluate.main(["--dataset", str(data), "--map", str(map_dir), "--out", str(tmp_path / "o"),
+                        "--ground-truth", str(gt), "--device", "cpu", "--weights", "random", "--quiet"])
+    assert rc == 2
+    assert "no pose for" in capsys.readouterr().err
+    rc = evaluate.main(["--dataset", str(data), "--map", str(tmp_path / "nomap"),
+                        "--out", str(tmp_path / "o"), "--device", "cpu", "--weights", "random", "--quiet"])
+    assert rc == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_benchmark_on_given_map(synthetic_map, tmp_path):
+    data, map_dir, _ = synthetic_map
+    devices = "cpu,cuda" if torch.cuda.is_available() else "cpu"
+    out = tmp_path / "bench.json"
+    content = benchmark.run(benchmark.parse_args(
+        ["--dataset", str(data), "--map", str(map_dir), "--devices", devices, "--weights", "random",
+         "--queries", "2", "--warmup", "1", "--top-k", "2", "--out", str(out), "--quiet"]))
+    saved = json.loads(out.read_text())
+    assert saved["devices"].keys() == content["devices"].keys()
+    cpu = saved["devices"]["cpu"]
+    assert cpu["queries"] == 2 and cpu["image_size"] == IMAGE_SIZE
+    for stage in ("preprocess", "backbone", "retrieval", "matching", "total"):
+        assert cpu["stages"][stage]["count"] == 2
+        assert 0 < cpu["stages"][stage]["median"] <= cpu["stages"][stage]["p90"]

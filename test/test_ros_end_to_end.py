@@ -1,0 +1,140 @@
+"""End to end through real rclpy processes with the real pipeline:
+
+synthetic dataset -> map (shipped weights) -> bag of the night queries, three reference
+images (localized whatever the condition, so poses exist to compare) and one black frame
+-> ``localizer_node`` + ``play_bag`` + ``record_poses`` (three processes, random domain,
+loopback discovery) -> the recorded poses equal the offline evaluator's poses for the same
+frames (same pipeline, same numbers), names/stamps are the images', and a frame the pipeline
+fails on has no pose.
+
+Needs the core library (synthetic generator, map builder, Localizer), ``ros/bags.py``,
+``offline_tools/play_bag.py`` and ``offline_tools/record_poses.py``.
+"""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from ros2_s2dhm.datasets.base import QueryImage, read_image  # noqa: E402
+from ros2_s2dhm.datasets.robotcar import load_robotcar_seasons  # noqa: E402
+from ros2_s2dhm.datasets.synthetic import generate_synthetic  # noqa: E402
+from ros2_s2dhm.evaluation.run import evaluate_queries  # noqa: E402
+from ros2_s2dhm.evaluation.submission import read_submission  # noqa: E402
+from ros2_s2dhm.features.checkpoints import load_network  # noqa: E402
+from ros2_s2dhm.geometry.pose import pose_error  # noqa: E402
+from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map  # noqa: E402
+from ros2_s2dhm.ros.bags import write_folder_bag  # noqa: E402
+from ros2_s2dhm.ros.localizer_node import build_pipeline  # noqa: E402
+from ros2_s2dhm.runtime import DEFAULT_WEIGHTS, resolve_weights  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDITION = "night"
+#: The shipped weights; randomly initialised weights localize nothing (the ratio test rejects
+#: every match of their smooth hypercolumns), so this test needs ros2_s2dhm/weights/default.pth.
+WEIGHTS = "default"
+IMAGE_SIZE = 128  # the tiny set's image width: no upsampling, fast on CPU
+SPACING_S = 0.6   # bag time between frames
+
+
+def _run(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(),
+                    reason=f"needs the shipped weights {DEFAULT_WEIGHTS} (random ones localize nothing)")
+def test_node_bag_recorder_match_offline_evaluator(tmp_path):
+    data = tmp_path / "data"
+    generate_synthetic(data, seed=0, size="tiny", conditions=[CONDITION])
+    dataset = load_robotcar_seasons(data)
+    network, info = load_network(resolve_weights(WEIGHTS), device="cpu")
+    build_reference_map(dataset, network, info.sha256, info.kind, tmp_path / "map",
+                        MapBuildConfig(image_size=IMAGE_SIZE), device="cpu", progress=False)
+    camera = dataset.queries[0].camera
+    sources = [q.path for q in dataset.queries if q.condition == CONDITION]
+    sources += [ref.path for ref in dataset.references[2:5]]
+    # one sequence, 0.6 s apart from the first night query on, the black frame third
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    start_us = min(int(path.stem) for path in sources)
+    black = np.zeros((camera.height, camera.width, 3), np.uint8)
+    queries = []
+    for i, source in enumerate([*sources[:2], None, *sources[2:]]):
+        target = frames / f"{start_us + i * int(SPACING_S * 1e6)}.jpg"
+        if source is None:
+            cv2.imwrite(str(target), black)
+            black_name = f"rear/{target.name}"
+            continue
+        shutil.copy(source, target)
+        queries.append(QueryImage(f"rear/{target.name}", target, camera, CONDITION))
+    assert len(queries) >= 4
+    bag = tmp_path / "bag"
+    write_folder_bag(bag, frames, intrinsics_path=data / "intrinsics" / "rear_intrinsics.txt")
+
+    # the offline evaluator on the same images with the same factory (first: it also tells
+    # how fast this machine localizes, so the bag is played slowly enough to drop nothing)
+    localizer = build_pipeline(str(tmp_path / "map"), WEIGHTS, "cpu", {})
+    start = time.perf_counter()
+    outcomes = evaluate_queries(localizer, queries, read_image, progress=False)
+    per_frame_s = (time.perf_counter() - start) / len(queries)
+    black_result = localizer.localize(black, camera)
+    del localizer
+    expected = {o.name for o in outcomes if o.success} | ({black_name} if black_result.success
+                                                          else set())
+    assert expected, "no frame localized offline: nothing to compare"
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_DOMAIN_ID=str(random.randint(101, 200)), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    out = tmp_path / "poses.txt"
+    node = _run(["ros2_s2dhm.ros.localizer_node", "--ros-args",
+                 "-p", f"map_dir:={tmp_path / 'map'}", "-p", f"weights:={WEIGHTS}",
+                 "-p", "device:=cpu", "-p", "use_compressed:=true", "-p", "image_qos:=reliable",
+                 "-p", "tracking_enabled:=false", "-p", "warmup:=true",
+                 "-r", "image:=/camera/image", "-r", "camera_info:=/camera/camera_info"], env)
+    recorder = _run(["offline_tools.record_poses", str(out), "--bag", str(bag),
+                     "--image-topic", "/camera/image/compressed",
+                     "--name-format", "rear/{stamp_us}.jpg", "--timeout", "600"], env)
+    rate = SPACING_S / (3.0 * per_frame_s + 0.5)
+    try:
+        player = _run(["offline_tools.play_bag", str(bag), "--rate", f"{rate:.4f}",
+                       "--topics", "/camera/image/compressed", "/camera/camera_info",
+                       "--wait-for-subscribers", "1", "--wait-timeout", "120"], env)
+        player_out, _ = player.communicate(timeout=600)
+        assert player.returncode == 0, player_out
+        try:  # it stops by itself once every frame has a pose; failed frames have none
+            recorder_out, _ = recorder.communicate(timeout=4.0 * per_frame_s + 5.0)
+        except subprocess.TimeoutExpired:
+            recorder.send_signal(signal.SIGINT)
+            recorder_out, _ = recorder.communicate(timeout=30)
+        assert recorder.returncode == 0, recorder_out
+    finally:
+        for proc in (recorder, node):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        node_out, _ = node.communicate(timeout=60)
+    recorded = read_submission(out)
+    context = (f"\noffline {per_frame_s:.2f} s/frame, played at rate {rate:.3f}\nnode:\n"
+               f"{node_out[-3000:]}\nrecorder:\n{recorder_out[-2000:]}")
+    print(f"\noffline: {len(expected)}/{len(queries) + 1} localized, {per_frame_s:.2f} s/frame; "
+          f"recorded {len(recorded)} poses")
+
+    # a failed frame publishes nothing; every localized frame is recorded under its name
+    assert set(recorded) == expected, context
+    for outcome in outcomes:
+        if outcome.success:  # same pipeline, same numbers
+            dt, dr = pose_error(recorded[outcome.name], outcome.pose("fpnp"))
+            assert dt < 1e-6 and dr < 1e-4, f"{outcome.name}: {dt} m, {dr} deg{context}"
+    assert "Traceback" not in node_out, context
