@@ -37,10 +37,9 @@ from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation import report as rep
 from ros2_s2dhm.evaluation.run import evaluate_queries
 from ros2_s2dhm.features.checkpoints import load_network
-from ros2_s2dhm.localizer import Localizer, LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
-from ros2_s2dhm.reference_map import ReferenceMap
-from offline_tools.common import resolve_device, resolve_weights
+from ros2_s2dhm.runtime import build_localizer
+from offline_tools.common import add_localizer_args, localizer_options, resolve_device, resolve_weights
 
 log = logging.getLogger("benchmark")
 BUILD_IMAGE_SIZE = 256  # default size of a map the tool builds: minutes on 2 CPU cores; use 512 on a GPU
@@ -64,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None,
                    help="longer image side fed to the network (default: the map's size for "
                         f"--map, {BUILD_IMAGE_SIZE} for a map this tool builds)")
-    p.add_argument("--top-k", type=int, default=10, help="reference images retrieved per query")
+    add_localizer_args(p, top_k_default=10)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--work-dir", type=Path, help="where the synthetic set and map are written")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output file")
@@ -132,10 +131,7 @@ def prepare_map(args, work_dir: Path, build_device: str):
 
 def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:
     """Time the localizer on ``device``; returns the per-device JSON entry."""
-    network, info = load_network(resolve_weights(args.weights), device=device)
-    reference_map = ReferenceMap.load(map_dir, expected_weights_sha256=info.sha256)
-    config = LocalizerConfig(top_k=args.top_k, image_size=args.image_size)
-    localizer = Localizer(network, reference_map, config, device=device, weights_random=info.random)
+    localizer, info = build_localizer(map_dir, args.weights, device, **localizer_options(args))
     evaluate_queries(localizer, warm, images.__getitem__, progress=False)
     outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=not args.quiet)
     stages = rep.summarize_timings([o.timings_ms for o in outcomes])

@@ -35,10 +35,8 @@ from ros2_s2dhm.evaluation.run import (evaluate_queries, failure_counts, outcome
                                        outcome_estimates, reference_queries,
                                        select_queries, write_outcomes_csv)
 from ros2_s2dhm.evaluation.submission import read_submission, write_submission
-from ros2_s2dhm.features.checkpoints import load_network
-from ros2_s2dhm.localizer import Localizer, LocalizerConfig
-from ros2_s2dhm.reference_map import ReferenceMap
-from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+from ros2_s2dhm.runtime import build_localizer
+from offline_tools.common import add_localizer_args, add_weights_args, localizer_options, resolve_device
 
 log = logging.getLogger("evaluate")
 
@@ -56,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--conditions", type=lambda s: [c for c in s.split(",") if c],
                    help="comma-separated query conditions (folders under images/); default all")
     add_weights_args(p)  # --weights (must be those the map was built with), --device
-    p.add_argument("--top-k", type=int, default=None, help="reference images retrieved per query")
+    add_localizer_args(p)
     p.add_argument("--limit", type=int, default=None, help="at most N queries per condition")
     p.add_argument("--local-validation", action="store_true",
                    help="use the reference images as queries, excluding the identical image")
@@ -83,11 +81,9 @@ def run(args: argparse.Namespace, device: str) -> int:
             raise DatasetError(f"{args.ground_truth}: no pose for {len(missing)} of {len(queries)} "
                                f"queries (e.g. {', '.join(missing[:3])})")
 
-    network, weights = load_network(resolve_weights(args.weights), device=device)
+    localizer, weights = build_localizer(args.map, args.weights, device, **localizer_options(args))
     weights_text = rep.describe_weights(weights)
-    reference_map = ReferenceMap.load(args.map, expected_weights_sha256=weights.sha256)
-    config = LocalizerConfig() if args.top_k is None else LocalizerConfig(top_k=args.top_k)
-    localizer = Localizer(network, reference_map, config, device=device, weights_random=weights.random)
+    reference_map = localizer.map
     log.info("%d queries, map %s (%d images), weights: %s, device %s", len(queries), args.map,
              len(reference_map), weights_text, device)
 

@@ -5,12 +5,19 @@ import numpy as np
 import torch
 
 
+def _tensor(x, dtype, device) -> torch.Tensor:
+    """A device tensor copy of an array or tensor (memory maps are read, never aliased)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype)
+    return torch.from_numpy(np.array(x)).to(device=device, dtype=dtype)
+
+
 class RetrievalIndex:
     """Reference global descriptors [N,D] (L2-normalised) and camera centres [N,3]."""
 
     def __init__(self, descriptors, centers, device="cpu"):
-        self.descriptors = torch.as_tensor(np.array(descriptors), dtype=torch.float32).to(device)
-        self.centers = torch.as_tensor(np.array(centers), dtype=torch.float64).to(device)
+        self.descriptors = _tensor(descriptors, torch.float32, device)
+        self.centers = _tensor(centers, torch.float64, device)
         if self.descriptors.ndim != 2 or self.centers.shape != (len(self.descriptors), 3):
             raise ValueError(f"RetrievalIndex: descriptors {tuple(self.descriptors.shape)} and "
                              f"centers {tuple(self.centers.shape)} do not describe the same images")

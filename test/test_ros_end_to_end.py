@@ -35,13 +35,14 @@ from ros2_s2dhm.geometry.pose import pose_error  # noqa: E402
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map  # noqa: E402
 from ros2_s2dhm.ros.bags import write_folder_bag  # noqa: E402
 from ros2_s2dhm.ros.localizer_node import build_pipeline  # noqa: E402
-from ros2_s2dhm.runtime import DEFAULT_WEIGHTS, resolve_weights  # noqa: E402
+from ros2_s2dhm.runtime import resolve_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITION = "night"
-#: The shipped weights; randomly initialised weights localize nothing (the ratio test rejects
-#: every match of their smooth hypercolumns), so this test needs ros2_s2dhm/weights/default.pth.
-WEIGHTS = "default"
+#: This test checks plumbing and equality, not accuracy: the seeded random network with the ratio
+#: test off (random hypercolumns are too smooth for it) localizes the tiny set deterministically.
+WEIGHTS = "random"
+OPTIONS = {"use_ratio_test": False}
 IMAGE_SIZE = 128  # the tiny set's image width: no upsampling, fast on CPU
 SPACING_S = 0.6   # bag time between frames
 
@@ -53,8 +54,6 @@ def _run(args, env, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.ros
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(),
-                    reason=f"needs the shipped weights {DEFAULT_WEIGHTS} (random ones localize nothing)")
 def test_node_bag_recorder_match_offline_evaluator(tmp_path):
     data = tmp_path / "data"
     generate_synthetic(data, seed=0, size="tiny", conditions=[CONDITION])
@@ -85,7 +84,7 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
 
     # the offline evaluator on the same images with the same factory (first: it also tells
     # how fast this machine localizes, so the bag is played slowly enough to drop nothing)
-    localizer = build_pipeline(str(tmp_path / "map"), WEIGHTS, "cpu", {})
+    localizer = build_pipeline(str(tmp_path / "map"), WEIGHTS, "cpu", OPTIONS)
     start = time.perf_counter()
     outcomes = evaluate_queries(localizer, queries, read_image, progress=False)
     per_frame_s = (time.perf_counter() - start) / len(queries)
@@ -94,6 +93,7 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
     expected = {o.name for o in outcomes if o.success} | ({black_name} if black_result.success
                                                           else set())
     assert expected, "no frame localized offline: nothing to compare"
+    assert len(expected) <= len(queries), "no frame failed offline: 'failure publishes nothing' unchecked"
 
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                ROS_DOMAIN_ID=str(random.randint(101, 200)), OMP_NUM_THREADS="1",
@@ -103,6 +103,7 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
                  "-p", f"map_dir:={tmp_path / 'map'}", "-p", f"weights:={WEIGHTS}",
                  "-p", "device:=cpu", "-p", "use_compressed:=true", "-p", "image_qos:=reliable",
                  "-p", "tracking_enabled:=false", "-p", "warmup:=true",
+                 "-p", "use_ratio_test:=false",
                  "-r", "image:=/camera/image", "-r", "camera_info:=/camera/camera_info"], env)
     recorder = _run(["offline_tools.record_poses", str(out), "--bag", str(bag),
                      "--image-topic", "/camera/image/compressed",

@@ -37,7 +37,7 @@ from std_srvs.srv import Trigger
 
 from ros2_s2dhm.errors import CameraError, S2DHMError
 from ros2_s2dhm.ros import conversions as conv
-from ros2_s2dhm.runtime import resolve_device, resolve_weights
+from ros2_s2dhm.runtime import build_localizer, resolve_device
 
 NODE_NAME = "s2dhm_localizer"
 
@@ -53,6 +53,10 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "top_k": (10, "number of retrieved reference images"),
     "image_size": (0, "longer image side fed to the network; 0: the size the map was built at"),
     "refine_enabled": (True, "run Feature-metric PnP after RANSAC-PnP"),
+    "use_ratio_test": (True, "S2DHM's ratio test on matches; false keeps ambiguous matches "
+                             "(unsafe: textureless views may produce poses)"),
+    "pnp_threshold_px": (12.0, "RANSAC-PnP inlier threshold in pixels of the input image "
+                               "(12: S2DHM's value for 1024 px images)"),
     "use_compressed": (False, "subscribe <image>/compressed (CompressedImage) instead of image"),
     "image_qos": ("sensor_data", "QoS of the image and camera_info subscriptions: sensor_data, "
                                  "reliable or system_default"),
@@ -95,22 +99,13 @@ _DOUBLE_ARRAYS = {"camera_params", "base_to_camera"}
 
 
 def build_pipeline(map_dir: str, weights: str, device: str, config: dict):
-    """The real pipeline: network + map + :class:`~ros2_s2dhm.localizer.Localizer`.
+    """The real pipeline, assembled as the offline tools do (:func:`runtime.build_localizer`).
 
-    ``weights``: 'default', 'random' or a path (see :func:`ros2_s2dhm.runtime.resolve_weights`);
-    ``config``: LocalizerConfig fields (``top_k``, ``image_size``, ``refine_enabled``).
+    ``config``: flat localizer options (``top_k``, ``image_size``, ``use_ratio_test``, ...).
     Returns an object with ``localize(image, camera, prior_center, prior_radius_m)``.
     Raises S2DHMError subclasses (MapFormatError, CheckpointError) for bad files.
     """
-    from ros2_s2dhm.features.checkpoints import load_network  # noqa: PLC0415
-    from ros2_s2dhm.localizer import Localizer, LocalizerConfig  # noqa: PLC0415
-    from ros2_s2dhm.reference_map import ReferenceMap  # noqa: PLC0415
-
-    network, info = load_network(resolve_weights(weights), device=device)
-    reference_map = ReferenceMap.load(map_dir, expected_weights_sha256=info.sha256)
-    localizer_config = dataclasses.replace(LocalizerConfig(), **config)
-    return Localizer(network, reference_map, localizer_config, device=device,
-                     weights_random=info.random)
+    return build_localizer(map_dir, weights, device, **config)[0]
 
 
 #: Factory used by the node; tests may replace it with a fake of the same signature.
@@ -255,7 +250,9 @@ class LocalizerNode(Node):
             self.get_logger().error(self._camera_problem)
 
     def _localizer_config(self) -> dict:
-        config = {"top_k": int(self._p["top_k"]), "refine_enabled": bool(self._p["refine_enabled"])}
+        config = {"top_k": int(self._p["top_k"]), "refine_enabled": bool(self._p["refine_enabled"]),
+                  "use_ratio_test": bool(self._p["use_ratio_test"]),
+                  "pnp_threshold_px": float(self._p["pnp_threshold_px"])}
         if self._p["image_size"] > 0:
             config["image_size"] = int(self._p["image_size"])
         return config
