@@ -151,9 +151,9 @@ class PCA:
         """mean, components and whitening scale as tensors on ``device``, uploaded once."""
         cache = self.__dict__.setdefault("_tensors", {})
         if device not in cache:
-            cache[device] = (torch.from_numpy(self.mean).to(device),
-                             torch.from_numpy(self.components).to(device),
-                             torch.from_numpy(self.explained_variance).to(device)
+            cache[device] = (torch.from_numpy(np.array(self.mean)).to(device),
+                             torch.from_numpy(np.array(self.components)).to(device),
+                             torch.from_numpy(np.array(self.explained_variance)).to(device)
                              .clamp_min(1e-12).sqrt())
         return cache[device]
 
