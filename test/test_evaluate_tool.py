@@ -96,3 +96,27 @@ def test_benchmark_on_given_map(synthetic_map, tmp_path):
     for stage in ("preprocess", "backbone", "retrieval", "matching", "total"):
         assert cpu["stages"][stage]["count"] == 2
         assert 0 < cpu["stages"][stage]["median"] <= cpu["stages"][stage]["p90"]
+
+
+def test_evaluate_runs_unchanged_on_unseen_condition_names(synthetic_map, tmp_path):
+    """A dataset in the same layout but with its own condition names (non-square images)."""
+    import shutil
+
+    data, map_dir, dataset = synthetic_map
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    renamed = {"sun": "clear-afternoon", "night": "midnight-drizzle"}
+    for old, new in renamed.items():
+        (other / "images" / old).rename(other / "images" / new)
+    out = tmp_path / "out"
+    rc = evaluate.main(["--dataset", str(other), "--map", str(map_dir), "--out", str(out),
+                        "--ground-truth", str(other / "ground_truth.txt"), "--device", "cpu",
+                        "--weights", "random", "--no-ratio-test", "--pnp-threshold", "3",
+                        "--top-k", "3", "--conditions", ",".join(renamed.values()), "--quiet"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["conditions"]) == sorted(renamed.values())
+    assert results["all"]["queries"] == 4
+    localized = read_submission(out / "submission_fpnp.txt")
+    assert localized, "with the ratio test off the random network localizes some queries"
+    assert dataset.queries[0].camera.width != dataset.queries[0].camera.height
