@@ -42,6 +42,7 @@ LOCALIZER_OPTIONS = {
     "refine_enabled": (None, "refine_enabled"), "intrinsics": (None, "intrinsics"),
     "refine_max_points": (None, "refine_max_points"),
     "max_reference_distance_m": (None, "max_reference_distance_m"),
+    "autocast_bf16": (None, "autocast_bf16"),
     "use_ratio_test": ("matcher", "use_ratio_test"), "ratio": ("matcher", "ratio"),
     "pnp_backend": ("pnp", "backend"), "pnp_threshold_px": ("pnp", "reprojection_error_px"),
     "pnp_min_inliers": ("pnp", "min_inliers"), "refine_loss": ("refine", "loss"),
