@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         ground_truth = read_submission(data / "ground_truth.txt")
         frames = {n: g for n, g in ground_truth.items()
                   if (data / "images" / args.condition / n).is_file()}
-        collector, t0, first_stamp = replay_and_record(bag, out, args.rate, len(frames), idle_s=60.0)
+        collector, t0, first_stamp = replay_and_record(bag, out, args.rate, len(frames), idle_s=15.0)
     finally:
         node.send_signal(signal.SIGINT)
         try:
