@@ -110,7 +110,8 @@ def test_hypercolumn_upsampling_keeps_pixel_centres():
                                (j + 0.5) / 4 - 0.5)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.skipif(not CUDA, reason="unchecked here: CUDA hypercolumns (fp32 and bf16 autocast) "
+                    "against the CPU ones need a CUDA GPU, and this machine has none")
 def test_cuda_bf16_matches_float32(net, images):
     cuda_net = S2DHMNetwork(seed=1).cuda().eval()
     with torch.inference_mode():
@@ -306,7 +307,8 @@ def test_random_init_deterministic_and_loud(caplog):
     assert weights_hash(c) != info_c.sha256
 
 
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.skipif(not CUDA, reason="unchecked here: that loading onto a CUDA device keeps the "
+                    "weights hash needs a CUDA GPU, and this machine has none")
 def test_load_network_on_cuda_hash_is_device_independent():
     net_cpu, info_cpu = load_network(None, device="cpu", seed=0)
     net_gpu, info_gpu = load_network(None, device="cuda", seed=0)

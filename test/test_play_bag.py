@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
+import rclpy  # noqa: E402  (pinned in requirements.txt: a missing install must fail, not skip)
 pytestmark = pytest.mark.ros
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402

@@ -3,7 +3,6 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
 from geometry_msgs.msg import Pose as PoseMsg  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 

@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
 
 from ros2_s2dhm.datasets.base import QueryImage, read_image  # noqa: E402
 from ros2_s2dhm.datasets.robotcar import load_robotcar_seasons  # noqa: E402

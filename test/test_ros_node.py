@@ -16,7 +16,7 @@ import pytest
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(random.Random().randint(1, 100))
 
-rclpy = pytest.importorskip("rclpy")
+import rclpy  # noqa: E402  (pinned in requirements.txt: a missing install must fail, not skip)
 pytestmark = pytest.mark.ros
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
