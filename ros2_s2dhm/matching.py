@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from .feature_sampling import interpolate_bilinear
 
 
 @dataclass
@@ -38,17 +39,12 @@ class Matches:
 
 
 def sample_descriptors(feature_map: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinearly sample a feature map at sub-pixel positions.
+    """Hypercolumns of a feature map [C,H,W] at sub-cell positions uv [N,2] -> [N,C].
 
-    feature_map: [C,H,W]; uv: [N,2] in feature-map pixels (cell centres at integers).
-    Returns [N,C]; exact at integer positions, zero-padded outside the map.
+    The same bilinear interpolation as Feature-metric PnP uses for the query (exact at cells,
+    border cells repeated outside the map), so reference and query features agree.
     """
-    C, H, W = feature_map.shape
-    scale = uv.new_tensor([2.0 / W, 2.0 / H])
-    grid = ((uv + 0.5) * scale - 1.0).view(1, 1, -1, 2).to(feature_map.dtype)
-    out = F.grid_sample(feature_map[None], grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    return out[0, :, 0].T
+    return interpolate_bilinear(feature_map, uv.to(feature_map.device))[0]
 
 
 def _parabola_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

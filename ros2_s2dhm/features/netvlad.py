@@ -37,7 +37,12 @@ class NetVLAD(nn.Module):
         """Data-free init from the current RNG: unit centroids ~ normalised N(0, I) and
         ``conv.weight = alpha * centroids`` (so soft assignment follows the nearest centroid),
         bias 0."""
-        centroids = F.normalize(torch.randn(self.num_clusters, self.dim), dim=1)
+        self.set_centroids(F.normalize(torch.randn(self.num_clusters, self.dim), dim=1), alpha)
+
+    @torch.no_grad()
+    def set_centroids(self, centroids: torch.Tensor, alpha: float = NETVLAD_INIT_ALPHA) -> None:
+        """centroids [K, D] (unit rows); soft assignment follows the nearest one:
+        ``conv.weight = alpha * centroids``, bias 0."""
         self.centroids.copy_(centroids)
         self.conv.weight.copy_(alpha * centroids[:, :, None, None])
         if self.conv.bias is not None:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image as PILImage
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import (
     Connection,
@@ -44,6 +43,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from ros2_s2dhm.datasets.base import image_size
 from ros2_s2dhm.datasets.robotcar import camera_from_intrinsics, read_intrinsics
 from ros2_s2dhm.datasets.robotcar_raw import TimedImage
 from ros2_s2dhm.errors import BagError, DatasetError
@@ -258,15 +258,6 @@ def read_seasons_intrinsics(path: str | Path, width: int, height: int) -> Camera
     """RobotCar Seasons ``<camera>_intrinsics.txt`` (``fx v``/``fy v``/``cx v``/``cy v``) -> PINHOLE Camera."""
     path = Path(path)
     return camera_from_intrinsics(read_intrinsics(path), width, height, path)
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the image header."""
-    try:
-        with PILImage.open(path) as im:
-            return im.size
-    except (OSError, ValueError) as exc:
-        raise BagError(f"cannot read image {path}: {exc}") from None
 
 
 def _compressed_format(path: Path, jpeg_format: str) -> str:

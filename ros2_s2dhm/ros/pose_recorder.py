@@ -91,7 +91,7 @@ class FrameNames:
 
         names = {}
         for _, _, msg in read_messages(bag, [image_topic]):
-            stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+            stamp = conv.stamp_to_ns(msg.header.stamp)
             names[stamp] = format_name(fmt, stamp)
         if not names:
             raise DatasetError(f"bag {bag} has no messages on {image_topic}")

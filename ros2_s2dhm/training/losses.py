@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from ..feature_sampling import feature_gradients, interpolate_bilinear
 
 __all__ = [
     "sample_features", "feature_gradients", "dmc_loss", "gauss_newton_loss",
@@ -20,26 +21,11 @@ __all__ = [
 
 
 def sample_features(features: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of a feature map.
+    """Bilinear samples of a feature map (C, H, W) at (N, 2) (x, y) feature pixels -> (N, C).
 
-    features: (C, H, W); xy: (N, 2) (x, y) in feature pixels -> (N, C).
     Exact at integer positions; points outside are clamped to the border.
     """
-    channels, height, width = features.shape
-    grid = torch.stack([
-        2.0 * xy[:, 0] / max(width - 1, 1) - 1.0,
-        2.0 * xy[:, 1] / max(height - 1, 1) - 1.0,
-    ], dim=-1).to(features.dtype)
-    sampled = F.grid_sample(features[None], grid[None, :, None, :], mode="bilinear",
-                            padding_mode="border", align_corners=True)
-    return sampled[0, :, :, 0].transpose(0, 1)
-
-
-def feature_gradients(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial derivatives (d/dx, d/dy) of a (C, H, W) map by central differences
-    (one-sided at the border), each (C, H, W)."""
-    grad_y, grad_x = torch.gradient(features, dim=(1, 2))
-    return grad_x, grad_y
+    return interpolate_bilinear(features, xy)[0]
 
 
 @dataclass

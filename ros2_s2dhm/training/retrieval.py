@@ -68,15 +68,11 @@ def triplet_loss(query: torch.Tensor, positives: torch.Tensor, negatives: torch.
 
 
 @torch.no_grad()
-def initialise_centroids(netvlad, features: list[torch.Tensor], seed: int, alpha: float = 100.0) -> None:
+def initialise_centroids(netvlad, features: list[torch.Tensor], seed: int) -> None:
     """Centroids = randomly drawn normalised conv5_3 descriptors (a k-means-free data init)."""
     x = torch.cat([F.normalize(f, dim=0).flatten(1).T for f in features])
     g = torch.Generator().manual_seed(seed)
-    pick = x[torch.randperm(len(x), generator=g)[:netvlad.num_clusters].to(x.device)]
-    netvlad.centroids.copy_(pick)
-    netvlad.conv.weight.copy_(alpha * pick[:, :, None, None])
-    if netvlad.conv.bias is not None:
-        netvlad.conv.bias.zero_()
+    netvlad.set_centroids(x[torch.randperm(len(x), generator=g)[:netvlad.num_clusters].to(x.device)])
 
 
 def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
