@@ -2,6 +2,7 @@
 
     benchmark [--dataset DIR [--map MAP]] [--weights W] [--devices cpu,cuda]
               [--queries N] [--warmup W] [--image-size S] [--top-k K] [--out FILE]
+              [--scale-references N [N ...]]
 
 Without ``--dataset`` it generates a small synthetic set (RobotCar Seasons layout) and
 builds its map in ``--work-dir`` (a temporary folder by default); with ``--dataset`` but
@@ -18,12 +19,18 @@ cores. The GPU target setting is e.g.
 ``--synthetic-size default --image-size 512 --top-k 30 --devices cuda --queries 100``.
 Random weights usually give no matches, so the pnp and refine stages are then missing
 from the medians (the tool warns); time those with trained weights.
+
+Scale mode (``--scale-references 7000``): the map is replicated on disk to N images
+(``reference_map.replicate_map``, in ``--work-dir``), then for each N the tool measures the
+time to open it (map + localizer, the node's start-up), the resident memory after opening
+and after the timed queries, and the per-stage query times on the first device.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -67,8 +74,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--work-dir", type=Path, help="where the synthetic set and map are written")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output file")
+    p.add_argument("--scale-references", type=int, nargs="+", default=[], metavar="N",
+                   help="also time maps replicated to N reference images (open time, RSS, queries)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MB (Linux /proc, else the peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def benchmark_scale(args, device: str, map_dir: Path, work_dir: Path, warm: list, timed: list,
+                    images: dict) -> list[dict]:
+    """Open time, RSS and query times of maps replicated to each ``--scale-references`` size."""
+    import gc
+    import time
+
+    from ros2_s2dhm.reference_map import ReferenceMap, replicate_map
+
+    source = ReferenceMap.load(map_dir)
+    rows = []
+    for n in args.scale_references:
+        scaled = work_dir / f"map_x{n}"
+        log.info("replicating the map to %d reference images in %s", n, scaled)
+        replicate_map(source, scaled, n)
+        size_mb = sum(f.stat().st_size for f in scaled.iterdir() if f.is_file()) / 1e6
+        gc.collect()
+        rss_before = rss_mb()
+        t0 = time.perf_counter()
+        localizer, _ = build_localizer(scaled, args.weights, device, **localizer_options(args))
+        open_s = time.perf_counter() - t0
+        rss_open = rss_mb()
+        evaluate_queries(localizer, warm, images.__getitem__, progress=False)
+        outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=False)
+        stages = rep.summarize_timings([o.timings_ms for o in outcomes])
+        rows.append({"references": n, "map_mb": size_mb, "mb_per_reference": size_mb / n,
+                     "open_s": open_s, "rss_before_mb": rss_before, "rss_open_mb": rss_open,
+                     "rss_after_queries_mb": rss_mb(), "localized": sum(o.success for o in outcomes),
+                     "queries": len(outcomes), "stages": stages})
+        del localizer
+        shutil.rmtree(scaled, ignore_errors=True)
+    return rows
+
+
+def format_scale_table(rows: list[dict]) -> str:
+    head = (f"{'references':>10} {'map MB':>8} {'MB/ref':>7} {'open s':>7} {'RSS open MB':>12} "
+            f"{'RSS end MB':>11} {'matching ms':>12} {'total ms':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        st = r["stages"]
+        lines.append(f"{r['references']:>10} {r['map_mb']:>8.0f} {r['mb_per_reference']:>7.3f} "
+                     f"{r['open_s']:>7.2f} {r['rss_open_mb']:>12.0f} {r['rss_after_queries_mb']:>11.0f} "
+                     f"{st.get('matching', {}).get('median', float('nan')):>12.1f} "
+                     f"{st.get('total', {}).get('median', float('nan')):>9.1f}")
+    return "\n".join(lines)
 
 
 def resolve_devices(spec: str) -> list[str]:
@@ -156,12 +225,16 @@ def run(args: argparse.Namespace) -> dict:
         warm, timed = pick_queries(dataset.queries, args.queries, args.warmup)
         images = {q.path: read_image(q.path) for q in warm + timed}
         results = {d: benchmark_device(args, d, map_dir, warm, timed, images) for d in devices}
+        scale = (benchmark_scale(args, devices[0], map_dir, work_dir, warm, timed, images)
+                 if args.scale_references else [])
     content = {
         "dataset": str(args.dataset) if args.dataset else f"synthetic {args.synthetic_size} seed {args.seed}",
         "map": str(args.map) if args.map else "built by the benchmark",
         "top_k": args.top_k, "queries": args.queries, "warmup": args.warmup,
         "torch": torch.__version__, "devices": results,
     }
+    if scale:
+        content["scale"] = {"device": devices[0], "maps": scale}
     rep.write_json(args.out, content)
     print()
     print(rep.format_timing_table({d: r["stages"] for d, r in results.items()}))
@@ -169,6 +242,8 @@ def run(args: argparse.Namespace) -> dict:
         hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
         print(f"{d}: {r['name']}; image size {r['image_size']}, top-{args.top_k}, "
               f"{r['localized']}/{r['queries']} localized, {hz} (median total); weights: {r['weights']}")
+    if scale:
+        print(f"\nscale ({devices[0]}):\n" + format_scale_table(scale))
     print(f"written to {args.out}")
     return content
 

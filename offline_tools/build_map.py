@@ -25,6 +25,11 @@ def parse_args(argv=None):
                    help="cells per side for the spatial keypoint round-robin (default %(default)s)")
     p.add_argument("--pca-dim", type=int, default=MapBuildConfig.pca_dim,
                    help="global descriptor dimension after PCA (default %(default)s)")
+    p.add_argument("--descriptor-dim", type=int, default=MapBuildConfig.descriptor_dim,
+                   help="matching-descriptor dimension: PCA of the reference hypercolumns, stored "
+                        "as int8 (default %(default)s)")
+    p.add_argument("--whiten-descriptors", action="store_true",
+                   help="whiten the matching-descriptor PCA (default: not whitened)")
     return p.parse_args(argv)
 
 
@@ -35,14 +40,20 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         dataset = load_dataset(args.dataset)
         network, info = load_network(resolve_weights(args.weights), device)
-        config = MapBuildConfig(args.image_size, args.max_keypoints, args.grid, args.pca_dim)
+        config = MapBuildConfig(image_size=args.image_size, max_keypoints=args.max_keypoints,
+                                grid=args.grid, pca_dim=args.pca_dim,
+                                descriptor_dim=args.descriptor_dim,
+                                descriptor_whiten=args.whiten_descriptors)
         ref_map = build_reference_map(dataset, network, info.sha256, info.kind, args.out,
                                       config, device)
     except S2DHMError as e:
         print(f"build_map: error: {e}", file=sys.stderr)
         return 2
+    size = sum(f.stat().st_size for f in ref_map.directory.iterdir() if f.is_file())
     print(f"map with {len(ref_map)} reference images, {ref_map.num_keypoints} keypoints max "
-          f"per image, weights {info.kind} {info.sha256[:12]} -> {args.out}")
+          f"per image, {ref_map.descriptor_dim}-d int8 descriptors, "
+          f"{size / max(1, len(ref_map)) / 1e6:.2f} MB per image, weights {info.kind} "
+          f"{info.sha256[:12]} -> {args.out}")
     return 0
 
 

@@ -2,9 +2,14 @@
 
 Per reference image: keypoints chosen for spatial spread (round-robin over a grid of
 cells, longest tracks first inside a cell), their 3D points, hypercolumns sampled
-bilinearly at the keypoints (fp16) and the NetVLAD descriptor; PCA is fitted on all
-reference descriptors at the end. Each image's part is written to
-``<out>/parts/`` as soon as it is done, so an interrupted build resumes where it stopped.
+bilinearly at the keypoints and the NetVLAD descriptor.
+
+Compact descriptors: the hypercolumns of up to ``projection_fit_images`` reference images
+(spread over the set) are computed first and a PCA to ``descriptor_dim`` is fitted on a sample
+of them; every image's descriptors are then projected with it and stored as int8 with one scale
+per vector (:mod:`compact_descriptors`). PCA of the global descriptors is fitted at the end.
+Each image's part is written to ``<out>/parts/`` as soon as it is done, so an interrupted build
+resumes where it stopped; the map's arrays are written row by row.
 """
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .compact_descriptors import fit_projection, quantize_int8
 from .datasets.base import Dataset, read_image
 from .features.backbone import HYPERCOLUMN_STRIDE
-from .features.netvlad import PCA
+from .features.pca import PCA
 from .features.preprocess import prepare_image
 from .geometry.pixels import image_to_feature, scale_pixels
 from .matching import sample_descriptors
-from .reference_map import ReferenceMap
+from .reference_map import MapWriter, ReferenceMap
 
 PARTS = "parts"
 
@@ -31,12 +37,18 @@ PARTS = "parts"
 @dataclass
 class MapBuildConfig:
     """image_size: longer side fed to the network; max_keypoints per reference image;
-    grid: cells per side for the spatial round-robin; pca_dim: global descriptor size."""
+    grid: cells per side for the spatial round-robin; pca_dim: global descriptor size;
+    descriptor_dim / descriptor_whiten: the matching space, a PCA fitted on up to
+    projection_fit_samples hypercolumns of projection_fit_images reference images."""
 
     image_size: int = 512
     max_keypoints: int = 4096
     grid: int = 16
     pca_dim: int = 1024
+    descriptor_dim: int = 128  # matching-space dimension (PCA of the reference hypercolumns)
+    descriptor_whiten: bool = False
+    projection_fit_images: int = 64
+    projection_fit_samples: int = 65536
 
 
 def select_keypoints(keypoints: np.ndarray, track_lengths: np.ndarray, width: int, height: int,
@@ -65,13 +77,28 @@ def _part_path(out_dir: Path, i: int) -> Path:
     return out_dir / PARTS / f"{i:06d}.npz"
 
 
+def _save_part(out_dir: Path, i: int, part: dict) -> None:
+    tmp = _part_path(out_dir, i).with_suffix(".tmp.npz")
+    np.savez(tmp, **part)
+    tmp.replace(_part_path(out_dir, i))
+
+
 def _build_signature(dataset: Dataset, weights_sha256: str, config: MapBuildConfig) -> dict:
     return {"weights_sha256": weights_sha256, "config": asdict(config),
             "references": [r.name for r in dataset.references]}
 
 
+def _compress(descriptors: torch.Tensor, projection: PCA) -> dict:
+    """Full hypercolumns [M,C] -> {"descriptors": int8 [M,d], "scales": f16 [M]}."""
+    q, scale = quantize_int8(projection.transform(descriptors.float()))
+    return {"descriptors": q.cpu().numpy(), "scales": scale.cpu().numpy()}
+
+
 @torch.no_grad()
-def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device) -> dict:
+def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device,
+                  projection: PCA | None) -> dict:
+    """One reference image's part; descriptors compressed with ``projection``, or kept full
+    (fp16, key ``descriptors_full``) while the projection is not fitted yet."""
     image = read_image(ref.path)
     tensor, scale = prepare_image(image, config.image_size, device)
     out = network(tensor)
@@ -81,15 +108,31 @@ def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device) -
     cells = image_to_feature(scale_pixels(torch.from_numpy(kps).double(), torch.tensor(scale).double()),
                              HYPERCOLUMN_STRIDE)
     desc = sample_descriptors(out.hypercolumn[0], cells.to(device).float())
-    return {"keypoints": kps.astype(np.float32), "point_ids": ref.point_ids[sel],
-            "descriptors": desc.half().cpu().numpy(),
+    part = {"keypoints": kps.astype(np.float32), "point_ids": ref.point_ids[sel],
             "global_descriptor": out.global_descriptor[0].float().cpu().numpy()}
+    if projection is None:
+        part["descriptors_full"] = desc.half().cpu().numpy()
+    else:
+        part.update(_compress(desc, projection))
+    return part
+
+
+def _fit_projection(out_dir: Path, fit_ids: list[int], config: MapBuildConfig) -> PCA:
+    """The matching-space PCA from a seeded sample of the fit images' full hypercolumns."""
+    rng = np.random.default_rng(0)
+    per_image = max(1, config.projection_fit_samples // max(1, len(fit_ids)))
+    samples = []
+    for i in fit_ids:
+        full = np.load(_part_path(out_dir, i))["descriptors_full"]
+        take = rng.choice(len(full), min(per_image, len(full)), replace=False) if len(full) else []
+        samples.append(full[np.sort(take)].astype(np.float32))
+    return fit_projection(np.concatenate(samples), config.descriptor_dim, config.descriptor_whiten)
 
 
 def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_kind: str,
                         out_dir, config: MapBuildConfig | None = None, device="cpu",
                         progress: bool = True) -> ReferenceMap:
-    """Compute and save the map of ``dataset.references`` into ``out_dir``; returns it loaded."""
+    """Compute and save the map of ``dataset.references`` into ``out_dir``; returns it opened."""
     config = config or MapBuildConfig()
     out_dir = Path(out_dir)
     parts = out_dir / PARTS
@@ -102,39 +145,45 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
     sig_path.write_text(json.dumps(signature))
 
     network = network.to(device).eval()
-    track_lengths = np.bincount(np.concatenate([r.point_ids for r in dataset.references]),
+    refs = dataset.references
+    n = len(refs)
+    track_lengths = np.bincount(np.concatenate([r.point_ids for r in refs]),
                                 minlength=len(dataset.points3d))
-    todo = [i for i in range(len(dataset.references)) if not _part_path(out_dir, i).exists()]
+    proj_path = parts / "projection.npz"
+    fit_ids = sorted(set(np.linspace(0, n - 1, min(n, config.projection_fit_images))
+                         .round().astype(int).tolist()))
+    if proj_path.exists():
+        projection = PCA.from_state_dict(dict(np.load(proj_path)))
+    else:
+        todo = [i for i in fit_ids if not _part_path(out_dir, i).exists()]
+        for i in tqdm(todo, desc="hypercolumns (projection fit)", disable=not progress, unit="img"):
+            _save_part(out_dir, i, _compute_part(refs[i], network, track_lengths, config, device, None))
+        projection = _fit_projection(out_dir, fit_ids, config)
+        np.savez(proj_path, **projection.state_dict())
+    todo = [i for i in range(n) if not _part_path(out_dir, i).exists()]
     for i in tqdm(todo, desc="reference hypercolumns", disable=not progress, unit="img"):
-        part = _compute_part(dataset.references[i], network, track_lengths, config, device)
-        tmp = _part_path(out_dir, i).with_suffix(".tmp.npz")
-        np.savez(tmp, **part)
-        tmp.replace(_part_path(out_dir, i))
+        _save_part(out_dir, i, _compute_part(refs[i], network, track_lengths, config, device, projection))
 
-    loaded = [np.load(_part_path(out_dir, i)) for i in range(len(dataset.references))]
-    n, k = len(loaded), max(1, max(len(p["keypoints"]) for p in loaded))
-    c = loaded[0]["descriptors"].shape[1]
-    keypoints = np.zeros((n, k, 2), np.float32)
-    points3d = np.zeros((n, k, 3), np.float64)
-    valid = np.zeros((n, k), bool)
-    descriptors = np.zeros((n, k, c), np.float16)
-    for i, p in enumerate(loaded):
-        m = len(p["keypoints"])
-        keypoints[i, :m] = p["keypoints"]
-        points3d[i, :m] = dataset.points3d[p["point_ids"]]
-        valid[i, :m] = True
-        descriptors[i, :m] = p["descriptors"]
-    globals_ = np.stack([p["global_descriptor"] for p in loaded]).astype(np.float32)
+    k = 1
+    for i in range(n):
+        with np.load(_part_path(out_dir, i)) as p:
+            k = max(k, len(p["keypoints"]))
+    writer = MapWriter(out_dir, n, k, projection.output_dim)
+    globals_ = []
+    for i in range(n):
+        p = dict(np.load(_part_path(out_dir, i)))
+        if "descriptors_full" in p:
+            p.update(_compress(torch.from_numpy(p["descriptors_full"]), projection))
+        writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"])
+        globals_.append(p["global_descriptor"])
+    globals_ = np.stack(globals_).astype(np.float32)
     pca = PCA.fit(globals_, dim=config.pca_dim)
     reduced = np.asarray(pca.transform(torch.from_numpy(globals_)), np.float32)
-
-    refs = dataset.references
-    ref_map = ReferenceMap(
+    writer.finish(
         names=[r.name for r in refs], cameras=[r.camera for r in refs],
         rotations=np.stack([r.pose.R for r in refs]), translations=np.stack([r.pose.t for r in refs]),
-        keypoints=keypoints, points3d=points3d, valid=valid, descriptors=descriptors,
-        global_descriptors=reduced, pca=pca.state_dict(), weights_sha256=weights_sha256,
-        weights_kind=weights_kind, image_size=config.image_size, config=asdict(config))
-    ref_map.save(out_dir)
+        global_descriptors=reduced, pca=pca.state_dict(), projection=projection.state_dict(),
+        weights_sha256=weights_sha256, weights_kind=weights_kind, image_size=config.image_size,
+        config=asdict(config))
     shutil.rmtree(parts)
     return ReferenceMap.load(out_dir)

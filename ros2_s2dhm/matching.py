@@ -1,10 +1,16 @@
 """Sparse-to-dense hypercolumn matching (S2DHM), batched over the retrieved references.
 
-Each reference keypoint carries a hypercolumn sampled bilinearly at its exact
-position (S2DHM took the nearest cell). It is correlated with every cell of the
-dense query hypercolumn; the best cell is the match, kept only if it passes
-S2DHM's modified ratio test and optionally refined to sub-cell precision.
-All of it runs on the device of the query map with no loop over keypoints.
+Each reference keypoint carries a descriptor sampled bilinearly at its exact position
+(S2DHM took the nearest cell). It is correlated with every cell of the dense query map;
+the best cell is the match, kept only if it passes S2DHM's modified ratio test and
+optionally refined to sub-cell precision.
+
+Coarse to fine (``coarse_factor`` f > 1): the correlation and the ratio test run on the
+query map average-pooled by f (f*f fewer cells, same image-area fraction for the ratio
+test's k), then only a window of (f+2)^2 cells of the full-resolution map around the coarse
+winner is re-scored, which gives the match and its sub-cell position. f = 1 is the
+exhaustive search. All of it runs on the device of the query map with no loop over
+keypoints.
 """
 from __future__ import annotations
 
@@ -19,14 +25,22 @@ from .feature_sampling import interpolate_bilinear
 class MatcherConfig:
     """Ratio test: the match is kept when ``score_k <= ratio**2 * score_best`` where
     ``score_k`` is the k-th best correlation, k = floor(ratio_k_fraction * h * w)
-    (S2DHM: fraction 0.006, ratio 0.9). ``max_chunk_elements`` bounds the size of one
-    correlation block [refs, keypoints, cells] to keep memory flat."""
+    (S2DHM: fraction 0.006, ratio 0.9). ``coarse_factor``: 1 searches
+    every cell; f > 1 searches a map pooled by f and re-scores a window at full resolution.
+    ``max_chunk_elements`` bounds one correlation block [refs, keypoints, cells]."""
 
     ratio_k_fraction: float = 0.006
     ratio: float = 0.9
     use_ratio_test: bool = True
     subcell: bool = True
+    coarse_factor: int = 2
     max_chunk_elements: int = 2 ** 26
+
+    def __post_init__(self):
+        if int(self.coarse_factor) < 1:
+            raise ValueError(f"MatcherConfig.coarse_factor must be >= 1, got {self.coarse_factor}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"MatcherConfig.ratio must be in (0, 1], got {self.ratio}")
 
 
 @dataclass
@@ -71,34 +85,125 @@ def _subcell(scores: torch.Tensor, arg: torch.Tensor, h: int, w: int) -> torch.T
     return torch.stack([x.to(dx.dtype) + dx, y.to(dy.dtype) + dy], -1)
 
 
-def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor,
-                          ref_mask: torch.Tensor, config: MatcherConfig = MatcherConfig()) -> Matches:
-    """Match reference keypoint descriptors densely into the query hypercolumn.
+def _best_and_ratio_test(corr: torch.Tensor, config: MatcherConfig):
+    """corr [k,N,M] -> (best [k,N], argbest [k,N], kept [k,N] bool).
 
-    query_map: [C,h,w] L2-normalised query hypercolumn.
-    ref_descriptors: [K,N,C] reference hypercolumns at keypoints (any float dtype;
-    computed in the query map's dtype). ref_mask: [K,N] bool, False for padding.
+    Kept: the k-th best score <= ratio^2 * best, k = max(2, floor(ratio_k_fraction * M))
+    (S2DHM's test; everything is kept when the test is off).
     """
+    if not config.use_ratio_test:
+        best, arg = corr.max(dim=-1)
+        return best, arg, torch.ones_like(best, dtype=torch.bool)
+    kth = min(corr.shape[-1], max(2, int(config.ratio_k_fraction * corr.shape[-1])))
+    top, idx = corr.topk(kth, dim=-1)
+    best = top[..., 0]
+    return best, idx[..., 0], top[..., -1] <= (config.ratio ** 2) * best
+
+
+def pool_map(fmap: torch.Tensor, factor: int) -> torch.Tensor:
+    """[C,h,w] -> [C,ceil(h/f),ceil(w/f)] average of f x f cells, L2-normalised per cell.
+
+    Coarse cell c covers fine cells f*c .. f*c+f-1, so its centre is (c + 0.5) * f - 0.5 in
+    fine cells: the stride convention of :mod:`geometry.pixels` holds at both levels.
+    """
+    if factor == 1:
+        return fmap
+    pooled = torch.nn.functional.avg_pool2d(fmap[None], factor, ceil_mode=True)[0]
+    return torch.nn.functional.normalize(pooled, dim=0)
+
+
+def _refine_in_window(fine: torch.Tensor, desc: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor,
+                      factor: int, subcell: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best full-resolution cell near coarse winners.
+
+    fine: [C,h,w]; desc: [M,C]; cu, cv: [M] coarse cells. The window spans fine cells
+    f*c-1 .. f*c+f (one cell of margin around the coarse cell). Returns uv [M,2] (fine cells,
+    sub-cell when ``subcell`` and the winner is inside the window and the map) and scores [M].
+    """
+    C, h, w = fine.shape
+    size = factor + 2
+    offsets = torch.arange(-1, factor + 1, device=fine.device)
+    xs = (cu[:, None] * factor + offsets).clamp(0, w - 1)  # [M,size]
+    ys = (cv[:, None] * factor + offsets).clamp(0, h - 1)
+    cells = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(cu), size * size)  # [M,size*size]
+    flat = fine.reshape(C, h * w).T  # [h*w, C]
+    scores = torch.einsum("mwc,mc->mw", flat[cells], desc)  # [M,size*size]
+    best, arg = scores.max(dim=-1)
+    iy, ix = arg // size, arg % size
+    x, y = xs.gather(1, ix[:, None])[:, 0], ys.gather(1, iy[:, None])[:, 0]
+    uv = torch.stack([x, y], -1).to(fine.dtype)
+    if subcell:
+        grid = scores.reshape(-1, size, size)
+        rows = torch.arange(len(cu), device=fine.device)
+
+        def at(yy, xx):
+            return grid[rows, yy.clamp(0, size - 1), xx.clamp(0, size - 1)]
+
+        dx = _parabola_offset(at(iy, ix - 1), best, at(iy, ix + 1))
+        dy = _parabola_offset(at(iy - 1, ix), best, at(iy + 1, ix))
+        inside_x = (ix > 0) & (ix < size - 1) & (x > 0) & (x < w - 1)
+        inside_y = (iy > 0) & (iy < size - 1) & (y > 0) & (y < h - 1)
+        uv = uv + torch.stack([torch.where(inside_x, dx, torch.zeros_like(dx)),
+                               torch.where(inside_y, dy, torch.zeros_like(dy))], -1)
+    return uv, best
+
+
+def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep: torch.Tensor,
+                 ws: int, factor: int, config: MatcherConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution positions [k,N,2] and scores [k,N] of the kept coarse matches.
+
+    desc [k,N,C], arg [k,N] flat coarse cells (width ws), keep [k,N]. Rejected matches keep
+    the coarse cell centre and score -inf (they are invalid anyway); the window re-scoring runs
+    in blocks of at most ``config.max_chunk_elements`` gathered values.
+    """
+    k, n, c = desc.shape
+    cu, cv = arg % ws, arg // ws
+    uv = torch.stack([(cu + 0.5) * factor - 0.5, (cv + 0.5) * factor - 0.5], -1).to(fine.dtype)
+    scores = torch.full((k, n), -torch.inf, dtype=fine.dtype, device=fine.device)
+    rows = torch.nonzero(keep.reshape(-1)).flatten()
+    flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
+    flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
+    block = max(1, config.max_chunk_elements // ((factor + 2) ** 2 * c))
+    for start in range(0, len(rows), block):
+        r = rows[start:start + block]
+        flat_uv[r], flat_scores[r] = _refine_in_window(fine, flat_desc[r], flat_cu[r], flat_cv[r],
+                                                       factor, config.subcell)
+    return uv, scores
+
+
+def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor,
+                          ref_mask: torch.Tensor, config: MatcherConfig = MatcherConfig(),
+                          coarse_map: torch.Tensor | None = None) -> Matches:
+    """Match reference keypoint descriptors densely into the query map.
+
+    query_map: [C,h,w] L2-normalised query map (hypercolumn or its projection).
+    ref_descriptors: [K,N,C] reference descriptors at keypoints (any float dtype; computed in
+    the query map's dtype). ref_mask: [K,N] bool, False for padding.
+    coarse_map: the query map pooled by ``config.coarse_factor`` (:func:`pool_map`), when the
+    caller already has it (it is computed otherwise).
+    """
+    factor = int(config.coarse_factor)
     C, h, w = query_map.shape
+    if factor > 1 and coarse_map is None:
+        coarse_map = pool_map(query_map, factor)
+    search = query_map if factor == 1 else coarse_map
+    _, hs, ws = search.shape
     K, N, _ = ref_descriptors.shape
-    q = query_map.reshape(C, h * w)
-    kth = max(2, int(config.ratio_k_fraction * h * w))
-    chunk = max(1, config.max_chunk_elements // max(1, N * h * w))
+    q = search.reshape(C, hs * ws)
+    chunk = max(1, config.max_chunk_elements // max(1, N * hs * ws))
     uv, scores, valid = [], [], []
     for start in range(0, K, chunk):
         d = ref_descriptors[start:start + chunk].to(device=q.device, dtype=q.dtype)
-        corr = torch.matmul(d, q)  # [k,N,h*w]
-        if config.use_ratio_test:
-            top, idx = corr.topk(kth, dim=-1)
-            best, arg = top[..., 0], idx[..., 0]
-            ok = top[..., -1] <= (config.ratio ** 2) * best
+        corr = torch.matmul(d, q)  # [k,N,hs*ws]
+        best, arg, ok = _best_and_ratio_test(corr, config)
+        if factor == 1:
+            uv.append(_subcell(corr, arg, h, w) if config.subcell
+                      else torch.stack([arg % w, arg // w], -1).to(q.dtype))
         else:
-            best, arg = corr.max(dim=-1)
-            ok = torch.ones_like(best, dtype=torch.bool)
-        if config.subcell:
-            uv.append(_subcell(corr, arg, h, w))
-        else:
-            uv.append(torch.stack([arg % w, arg // w], -1).to(q.dtype))
+            del corr
+            ok = ok & ref_mask[start:start + chunk].to(q.device)
+            fine_uv, best = _refine_kept(query_map, d, arg, ok, ws, factor, config)
+            uv.append(fine_uv)
         scores.append(best)
         valid.append(ok)
     valid = torch.cat(valid) & ref_mask.to(q.device)

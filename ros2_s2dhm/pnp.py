@@ -17,9 +17,10 @@ BACKENDS = ("opencv", "pycolmap", "poselib")
 
 @dataclass
 class PnPConfig:
-    """RANSAC-PnP settings (S2DHM defaults: P3P, 12 px, 5000 iterations, >= 12 inliers)."""
+    """RANSAC-PnP settings (S2DHM: P3P, 12 px, 5000 iterations, >= 12 inliers). Default backend
+    poselib: its LO-RANSAC is 4-5x faster than OpenCV at the low inlier ratios of wrong references."""
 
-    backend: str = "opencv"
+    backend: str = "poselib"
     reprojection_error_px: float = 12.0
     iterations: int = 5000
     confidence: float = 0.9999

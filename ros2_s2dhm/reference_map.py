@@ -1,21 +1,30 @@
-"""The preloaded reference map: what every query needs, computed once.
+"""The reference map: what every query needs, computed once, living on disk.
 
-A map directory holds ``manifest.json`` (format version, weights hash, image
-size, build config, cameras, names, array shapes/dtypes/sha256) and one ``.npy``
-file per array, loaded memory-mapped. Per reference image i (K keypoints, padded):
+A map directory holds ``manifest.json`` (format, version, weights hash, image size, unit, build
+config, the matching-descriptor settings, cameras, names, array shapes/dtypes/sha256) and one
+``.npy`` file per array. Per reference image i (K keypoints, padded):
 
-    rotations [N,3,3] f64, translations [N,3] f64   world-to-camera poses
-    keypoints [N,K,2] f32    pixels in the reference image (OpenCV convention)
-    points3d  [N,K,3] f64    world points of those keypoints
-    valid     [N,K]   bool   False for padding
-    descriptors [N,K,C] f16  hypercolumns sampled bilinearly at the keypoints
-    global_descriptors [N,D] f32  NetVLAD after PCA, L2-normalised
-    pca_<key>            the PCA state (see features.netvlad.PCA)
+    rotations [N,3,3] f64, translations [N,3] f64   world-to-camera poses       (in memory)
+    global_descriptors [N,D] f32   NetVLAD after PCA, L2-normalised            (in memory)
+    keypoints [N,K,2] f32          pixels in the reference image (OpenCV)      (rows on demand)
+    points3d  [N,K,3] f64          world points of those keypoints             (rows on demand)
+    valid     [N,K]   bool         False for padding                           (rows on demand)
+    descriptors [N,K,d] int8       hypercolumns at the keypoints, projected to
+                                   the matching space and quantised            (rows on demand)
+    descriptor_scales [N,K] f16    per-vector scale: descriptor ~= q * scale   (rows on demand)
+    pca_<key>          PCA of the global descriptors (features.pca.PCA state)
+    projection_<key>   PCA of the hypercolumns into the matching space
+
+Opening a map reads the manifest, the small arrays and the ``.npy`` headers (shapes, dtypes and
+file sizes are checked against the manifest); the per-keypoint arrays are read row by row with
+``pread`` when a query needs a reference, so the resident memory does not grow with the map.
+``verify()`` (tool ``verify_map``) checks every file's sha256, written at build time.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +34,18 @@ from .errors import MapFormatError
 from .geometry import Camera, Pose
 
 MAP_FORMAT = "ros2_s2dhm-map"
-MAP_VERSION = 1
+MAP_VERSION = 2
 MANIFEST = "manifest.json"
 
-_ARRAY_DTYPES = {
-    "rotations": np.float64, "translations": np.float64, "keypoints": np.float32,
-    "points3d": np.float64, "valid": np.bool_, "descriptors": np.float16,
-    "global_descriptors": np.float32,
-}
+#: Arrays with one small row per image, loaded into memory when the map is opened.
+SMALL_ARRAYS = {"rotations": np.float64, "translations": np.float64, "global_descriptors": np.float32}
+#: Arrays with K keypoints per image, read per reference on demand.
+ROW_ARRAYS = {"keypoints": np.float32, "points3d": np.float64, "valid": np.bool_,
+              "descriptors": np.int8, "descriptor_scales": np.float16}
+_ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}
+_STATES = ("pca", "projection")
+
+_REBUILD = "rebuild it with `build_map --dataset DIR --out MAP`"
 
 
 def _sha256(path: Path) -> str:
@@ -40,9 +53,151 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+class NpyRows:
+    """A ``.npy`` array [N, ...] on disk whose rows are read on demand (``os.pread``).
+
+    Supports ``len``, ``shape``, ``dtype``, ``rows[i]``, ``rows[index_array]`` and
+    ``rows[a:b]``; ``np.asarray(rows)`` reads it whole. Nothing is read at construction but
+    the header; the file size must match the header exactly.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+                self.offset = f.tell()
+        except (ValueError, OSError) as e:
+            raise MapFormatError(f"{self.path}: not a readable .npy file ({e})") from None
+        if fortran or dtype.hasobject or len(shape) < 1:
+            raise MapFormatError(f"{self.path}: expected a C-ordered numeric array with rows")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        expected = self.offset + self.shape[0] * self.row_bytes
+        size = self.path.stat().st_size
+        if size != expected:
+            raise MapFormatError(f"{self.path}: file is {size} bytes, its header describes "
+                                 f"{expected} (truncated or overwritten); {_REBUILD}")
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _row(self, i: int) -> np.ndarray:
+        data = os.pread(self._fd, self.row_bytes, self.offset + i * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise MapFormatError(f"{self.path}: short read of row {i}; {_REBUILD}")
+        return np.frombuffer(data, self.dtype).reshape(self.row_shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"NpyRows index must be integers, a slice or a mask, got {idx.dtype}")
+        flat = np.where(idx < 0, idx + len(self), idx).reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"{self.path.name}: row index out of range for {len(self)} rows")
+        out = np.empty((flat.size, *self.row_shape), self.dtype)
+        for j, i in enumerate(flat):
+            out[j] = self._row(int(i))
+        return out.reshape(*idx.shape, *self.row_shape)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = np.load(self.path)
+        return arr if dtype is None else arr.astype(dtype)
+
+
+class MapWriter:
+    """Writes a map directory row by row (resident memory independent of the map's size).
+
+    Row arrays are ``.npy`` memory maps filled with :meth:`set_row`; :meth:`finish` writes the
+    small arrays, hashes every file and writes the manifest last, so a partial write is never a
+    valid map.
+    """
+
+    def __init__(self, map_dir, num_images: int, num_keypoints: int, descriptor_dim: int):
+        self.dir = Path(map_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / MANIFEST).unlink(missing_ok=True)
+        n, k, d = int(num_images), max(1, int(num_keypoints)), int(descriptor_dim)
+        shapes = {"keypoints": (n, k, 2), "points3d": (n, k, 3), "valid": (n, k),
+                  "descriptors": (n, k, d), "descriptor_scales": (n, k)}
+        self.rows = {name: np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+",
+                                                     dtype=ROW_ARRAYS[name], shape=shape)
+                     for name, shape in shapes.items()}
+        self.num_keypoints = k
+
+    def set_row(self, i: int, keypoints, points3d, descriptors, scales) -> None:
+        """Image i's M <= K keypoints [M,2], points [M,3], int8 descriptors [M,d], scales [M]."""
+        m = len(keypoints)
+        if m > self.num_keypoints:
+            raise ValueError(f"image {i}: {m} keypoints exceed the map's {self.num_keypoints}")
+        for name, value in (("keypoints", keypoints), ("points3d", points3d),
+                            ("descriptors", descriptors), ("descriptor_scales", scales)):
+            self.rows[name][i] = 0
+            self.rows[name][i, :m] = value
+        self.rows["valid"][i] = False
+        self.rows["valid"][i, :m] = True
+
+    def finish(self, *, names, cameras, rotations, translations, global_descriptors, pca: dict,
+               projection: dict, weights_sha256: str, weights_kind: str, image_size: int,
+               config: dict, unit: str = "m") -> Path:
+        """Write the small arrays and states, then the manifest with every file's hash."""
+        n = len(names)
+        for arr in self.rows.values():
+            arr.flush()
+        arrays = dict(rotations=np.asarray(rotations, np.float64),
+                      translations=np.asarray(translations, np.float64),
+                      global_descriptors=np.asarray(global_descriptors, np.float32))
+        arrays.update({f"pca_{k}": np.asarray(v) for k, v in pca.items()})
+        arrays.update({f"projection_{k}": np.asarray(v) for k, v in projection.items()})
+        for name, arr in arrays.items():
+            np.save(self.dir / f"{name}.npy", arr)
+        meta = {}
+        for name in [*self.rows, *arrays]:
+            path = self.dir / f"{name}.npy"
+            arr = self.rows.get(name, arrays.get(name))
+            meta[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _sha256(path)}
+        self.rows = {}
+        proj = projection
+        manifest = {
+            "format": MAP_FORMAT, "version": MAP_VERSION,
+            "weights_sha256": weights_sha256, "weights_kind": weights_kind,
+            "image_size": int(image_size), "unit": unit, "config": config,
+            "descriptors": {"dim": int(np.asarray(proj["components"]).shape[0]),
+                            "source_dim": int(np.asarray(proj["components"]).shape[1]),
+                            "whiten": bool(np.asarray(proj.get("whiten", False))),
+                            "quantization": "int8, one float16 scale per vector"},
+            "names": list(names),
+            "cameras": [{"model": c.model, "width": c.width, "height": c.height,
+                         "params": [float(p) for p in c.params]} for c in cameras],
+            "arrays": meta,
+        }
+        if len(manifest["cameras"]) != n:
+            raise MapFormatError(f"map {self.dir}: {len(cameras)} cameras for {n} images")
+        (self.dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        return self.dir
+
+
 @dataclass
 class ReferenceMap:
-    """In-memory view of a map directory (arrays may be read-only memory maps)."""
+    """A map: names, cameras and poses in memory, per-keypoint arrays in memory or on disk
+    (:class:`NpyRows`). Index the row arrays with the retrieved image indices."""
 
     names: list[str]
     cameras: list[Camera]
@@ -52,15 +207,20 @@ class ReferenceMap:
     points3d: np.ndarray
     valid: np.ndarray
     descriptors: np.ndarray
+    descriptor_scales: np.ndarray
     global_descriptors: np.ndarray
     pca: dict[str, np.ndarray]
+    projection: dict[str, np.ndarray]
     weights_sha256: str
     weights_kind: str = "unknown"
     image_size: int = 512
+    unit: str = "m"
     config: dict = field(default_factory=dict)
+    directory: Path | None = None
 
     def __post_init__(self):
-        self._check_shapes("<memory>")
+        self._check_shapes(str(self.directory or "<memory>"))
+        self._name_index = {name: i for i, name in enumerate(self.names)}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,19 +238,19 @@ class ReferenceMap:
         """Camera centres in the world [N,3]."""
         return -np.einsum("nji,nj->ni", self.rotations, self.translations)
 
+    @property
+    def viewing_directions(self) -> np.ndarray:
+        """Unit optical axes (camera z) in the world [N,3]."""
+        return np.asarray(self.rotations)[:, 2, :]
+
     def pose(self, i: int) -> Pose:
         return Pose(np.array(self.rotations[i]), np.array(self.translations[i]))
 
     def index(self, name: str) -> int:
         try:
-            return self.names.index(name)
-        except ValueError:
+            return self._name_index[name]
+        except KeyError:
             raise KeyError(f"reference {name!r} is not in the map") from None
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        arrays = {k: getattr(self, k) for k in _ARRAY_DTYPES}
-        arrays.update({f"pca_{k}": np.asarray(v) for k, v in self.pca.items()})
-        return arrays
 
     def _check_shapes(self, where: str):
         n = len(self.names)
@@ -100,7 +260,7 @@ class ReferenceMap:
         expected = {
             "rotations": (n, 3, 3), "translations": (n, 3), "keypoints": (n, k, 2),
             "points3d": (n, k, 3), "valid": (n, k),
-            "descriptors": (n, k, self.descriptors.shape[-1]),
+            "descriptors": (n, k, self.descriptors.shape[-1]), "descriptor_scales": (n, k),
             "global_descriptors": (n, self.global_descriptors.shape[-1]),
         }
         for name, shape in expected.items():
@@ -109,38 +269,28 @@ class ReferenceMap:
                 raise MapFormatError(
                     f"map {where}: array '{name}' has shape {found}, expected {shape} "
                     f"({n} images, {k} keypoints per image)")
+        d = np.asarray(self.projection.get("components", np.zeros((0, 0)))).shape
+        if d[0] != self.descriptors.shape[-1]:
+            raise MapFormatError(f"map {where}: projection has {d[0]} components but descriptors "
+                                 f"have {self.descriptors.shape[-1]} dimensions")
 
     # ------------------------------------------------------------------ files
     def save(self, map_dir) -> Path:
-        """Write the map directory (arrays as .npy, manifest last so a partial write is invalid)."""
-        map_dir = Path(map_dir)
-        map_dir.mkdir(parents=True, exist_ok=True)
-        arrays = {}
-        for name, arr in self._arrays().items():
-            path = map_dir / f"{name}.npy"
-            np.save(path, np.asarray(arr))
-            arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _sha256(path)}
-        manifest = {
-            "format": MAP_FORMAT, "version": MAP_VERSION,
-            "weights_sha256": self.weights_sha256, "weights_kind": self.weights_kind,
-            "image_size": self.image_size, "config": self.config, "names": self.names,
-            "cameras": [{"model": c.model, "width": c.width, "height": c.height,
-                         "params": [float(p) for p in c.params]} for c in self.cameras],
-            "arrays": arrays,
-        }
-        (map_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        return map_dir
+        """Write the map directory (row arrays copied image by image, manifest last)."""
+        writer = MapWriter(map_dir, len(self), self.num_keypoints, self.descriptor_dim)
+        for i in range(len(self)):
+            m = int(np.asarray(self.valid[i]).sum())
+            writer.set_row(i, self.keypoints[i][:m], self.points3d[i][:m],
+                           self.descriptors[i][:m], self.descriptor_scales[i][:m])
+        return writer.finish(
+            names=self.names, cameras=self.cameras, rotations=self.rotations,
+            translations=self.translations, global_descriptors=self.global_descriptors,
+            pca=self.pca, projection=self.projection, weights_sha256=self.weights_sha256,
+            weights_kind=self.weights_kind, image_size=self.image_size, config=self.config,
+            unit=self.unit)
 
-    @classmethod
-    def load(cls, map_dir, expected_weights_sha256: str | None = None, mmap: bool = True,
-             verify_hashes: bool = True) -> "ReferenceMap":
-        """Load and validate a map directory.
-
-        Raises MapFormatError when the directory or a file is missing, the format or
-        version differs, an array's shape/dtype/hash disagrees with the manifest, or the
-        map was built with weights other than ``expected_weights_sha256``.
-        """
-        map_dir = Path(map_dir)
+    @staticmethod
+    def _manifest(map_dir: Path) -> dict:
         manifest_path = map_dir / MANIFEST
         if not manifest_path.is_file():
             raise MapFormatError(f"no map at {map_dir}: {MANIFEST} is missing "
@@ -152,9 +302,28 @@ class ReferenceMap:
         if manifest.get("format") != MAP_FORMAT:
             raise MapFormatError(f"{manifest_path}: field 'format' is {manifest.get('format')!r}, "
                                  f"expected {MAP_FORMAT!r}")
-        if manifest.get("version") != MAP_VERSION:
-            raise MapFormatError(f"{manifest_path}: map format version {manifest.get('version')} is "
-                                 f"not supported (this build reads version {MAP_VERSION}); rebuild the map")
+        version = manifest.get("version")
+        if version == 1:
+            raise MapFormatError(
+                f"{manifest_path}: map format version 1 (full 2048-d fp16 descriptors, about "
+                f"17 MB per image) is no longer read; this build reads version {MAP_VERSION} "
+                f"(compact int8 descriptors, under 1 MB per image): {_REBUILD}")
+        if version != MAP_VERSION:
+            raise MapFormatError(f"{manifest_path}: map format version {version} is not supported "
+                                 f"(this build reads version {MAP_VERSION}); {_REBUILD}")
+        return manifest
+
+    @classmethod
+    def load(cls, map_dir, expected_weights_sha256: str | None = None) -> "ReferenceMap":
+        """Open a map directory: manifest, small arrays and headers; rows stay on disk.
+
+        Raises MapFormatError when the directory or a file is missing, the format or version
+        differs, an array's shape/dtype/size disagrees with the manifest, or the map was built
+        with weights other than ``expected_weights_sha256``. File hashes are not read here
+        (see :meth:`verify`).
+        """
+        map_dir = Path(map_dir)
+        manifest = cls._manifest(map_dir)
         sha = manifest.get("weights_sha256", "")
         if expected_weights_sha256 is not None and sha != expected_weights_sha256:
             raise MapFormatError(
@@ -166,34 +335,75 @@ class ReferenceMap:
             path = map_dir / f"{name}.npy"
             if not path.is_file():
                 raise MapFormatError(f"map {map_dir}: array file {path.name} is missing")
-            if verify_hashes and _sha256(path) != meta.get("sha256"):
-                raise MapFormatError(f"map {map_dir}: {path.name} does not match the sha256 in "
-                                     f"{MANIFEST} (file changed or truncated); rebuild the map")
-            try:
-                arr = np.load(path, mmap_mode="r" if mmap else None)
-            except (ValueError, OSError) as e:
-                raise MapFormatError(f"map {map_dir}: cannot read {path.name} ({e})") from None
+            if name in ROW_ARRAYS:
+                arr = NpyRows(path)
+            else:
+                try:
+                    arr = np.load(path)
+                except (ValueError, OSError) as e:
+                    raise MapFormatError(f"map {map_dir}: cannot read {path.name} ({e}); {_REBUILD}") from None
             if list(arr.shape) != meta.get("shape") or str(arr.dtype) != meta.get("dtype"):
                 raise MapFormatError(f"map {map_dir}: {path.name} is {arr.dtype}{list(arr.shape)}, "
                                      f"manifest says {meta.get('dtype')}{meta.get('shape')}")
             arrays[name] = arr
         missing = [k for k in _ARRAY_DTYPES if k not in arrays]
         if missing:
-            raise MapFormatError(f"{manifest_path}: arrays {missing} are missing from the manifest")
+            raise MapFormatError(f"{map_dir / MANIFEST}: arrays {missing} are missing from the manifest")
+        for k, dtype in _ARRAY_DTYPES.items():
+            if arrays[k].dtype != dtype:
+                raise MapFormatError(f"map {map_dir}: {k}.npy has dtype {arrays[k].dtype}, expected "
+                                     f"{np.dtype(dtype)}")
         try:
             cameras = [Camera(c["model"], int(c["width"]), int(c["height"]),
                               np.asarray(c["params"], np.float64)) for c in manifest["cameras"]]
             names = list(manifest["names"])
         except (KeyError, TypeError) as e:
-            raise MapFormatError(f"{manifest_path}: field {e} is missing or malformed") from None
-        pca = {k[len("pca_"):]: v for k, v in arrays.items() if k.startswith("pca_")}
-        ref_map = cls(names=names, cameras=cameras, pca=pca, weights_sha256=sha,
-                      weights_kind=manifest.get("weights_kind", "unknown"),
-                      image_size=int(manifest.get("image_size", 512)),
-                      config=manifest.get("config", {}),
-                      **{k: arrays[k] for k in _ARRAY_DTYPES})
-        for k, dtype in _ARRAY_DTYPES.items():
-            if arrays[k].dtype != dtype:
-                raise MapFormatError(f"map {map_dir}: {k}.npy has dtype {arrays[k].dtype}, expected "
-                                     f"{np.dtype(dtype)}")
-        return ref_map
+            raise MapFormatError(f"{map_dir / MANIFEST}: field {e} is missing or malformed") from None
+        states = {s: {k[len(s) + 1:]: v for k, v in arrays.items() if k.startswith(s + "_")}
+                  for s in _STATES}
+        return cls(names=names, cameras=cameras, weights_sha256=sha,
+                   weights_kind=manifest.get("weights_kind", "unknown"),
+                   image_size=int(manifest.get("image_size", 512)),
+                   unit=manifest.get("unit", "m"), config=manifest.get("config", {}),
+                   directory=map_dir, **states, **{k: arrays[k] for k in _ARRAY_DTYPES})
+
+    @classmethod
+    def verify(cls, map_dir) -> int:
+        """Check every array file against the sha256 written at build time.
+
+        Returns the number of files checked; raises MapFormatError naming the first bad file.
+        """
+        map_dir = Path(map_dir)
+        manifest = cls._manifest(map_dir)
+        for name, meta in manifest.get("arrays", {}).items():
+            path = map_dir / f"{name}.npy"
+            if not path.is_file():
+                raise MapFormatError(f"map {map_dir}: array file {path.name} is missing")
+            if _sha256(path) != meta.get("sha256"):
+                raise MapFormatError(f"map {map_dir}: {path.name} does not match the sha256 in "
+                                     f"{MANIFEST} (file changed or corrupted); {_REBUILD}")
+        return len(manifest.get("arrays", {}))
+
+
+def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
+    """A map of ``num_images`` images made by cycling ``source``'s images (scale benchmarks).
+
+    Copies are renamed ``<name>#<copy>``; their arrays are the source rows, written row by row.
+    """
+    writer = MapWriter(out_dir, num_images, source.num_keypoints, source.descriptor_dim)
+    n = len(source)
+    for i in range(num_images):
+        j = i % n
+        m = int(np.asarray(source.valid[j]).sum())
+        writer.set_row(i, source.keypoints[j][:m], source.points3d[j][:m],
+                       source.descriptors[j][:m], source.descriptor_scales[j][:m])
+    cycle = np.arange(num_images) % n
+    return writer.finish(
+        names=[source.names[j] if i < n else f"{source.names[j]}#{i // n}" for i, j in enumerate(cycle)],
+        cameras=[source.cameras[j] for j in cycle], rotations=np.asarray(source.rotations)[cycle],
+        translations=np.asarray(source.translations)[cycle],
+        global_descriptors=np.asarray(source.global_descriptors)[cycle], pca=source.pca,
+        projection=source.projection, weights_sha256=source.weights_sha256,
+        weights_kind=source.weights_kind, image_size=source.image_size,
+        config={**source.config, "replicated_from": str(source.directory), "source_images": n},
+        unit=source.unit)

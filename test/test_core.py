@@ -31,7 +31,7 @@ def test_matching_finds_the_cell_a_descriptor_came_from():
     cells = torch.tensor([[2, 3], [10, 7], [15, 0], [0, 11]])
     desc = fmap[:, cells[:, 1], cells[:, 0]].T[None]  # [1,N,C]
     m = match_sparse_to_dense(fmap, desc, torch.ones(1, 4, dtype=torch.bool),
-                              MatcherConfig(subcell=False))
+                              MatcherConfig(subcell=False, coarse_factor=1))
     assert torch.equal(m.query_uv[0].long(), cells)
     assert m.valid.all()  # random features: the best is far above the k-th best
     assert torch.allclose(m.scores, torch.ones_like(m.scores), atol=1e-5)

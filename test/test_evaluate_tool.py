@@ -44,7 +44,11 @@ def test_evaluate_writes_complete_results(synthetic_map, tmp_path, capsys):
     for method in ("rpnp", "fpnp"):
         assert set(read_submission(out / f"submission_{method}.txt")) == localized
     results = json.loads((out / "results.json").read_text())
-    assert results["thresholds"] == [[0.25, 2], [0.5, 5], [5, 10]]
+    assert results["thresholds"] == [[0.05, 0.5], [0.25, 2], [0.5, 5], [5, 10]]
+    assert results["unit"] == "m"
+    assert set(results["retrieval"]["conditions"]) == set(conditions) | {"all"}
+    point = results["confidence"]["operating_point"]
+    assert point["returned"] == len(localized) and point["false"] <= point["returned"]
     assert sorted(results["conditions"]) == conditions
     assert results["all"]["queries"] == len(queries)
     assert "RANDOM" in results["weights"]

@@ -1,4 +1,5 @@
-"""Map directory save/load and its validation errors."""
+"""Map directory save/load, lazy row reading and its validation errors."""
+import dataclasses
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from ros2_s2dhm.errors import MapFormatError
 from ros2_s2dhm.geometry import Camera
-from ros2_s2dhm.reference_map import ReferenceMap
+from ros2_s2dhm.reference_map import NpyRows, ReferenceMap, replicate_map
 
 
 def _map(n=3, k=5, c=8, d=4):
@@ -16,24 +17,91 @@ def _map(n=3, k=5, c=8, d=4):
         cameras=[Camera("PINHOLE", 64, 48, np.array([50.0, 50.0, 31.5, 23.5]))] * n,
         rotations=np.stack([np.eye(3)] * n), translations=rng.normal(size=(n, 3)),
         keypoints=rng.uniform(0, 40, (n, k, 2)).astype(np.float32),
-        points3d=rng.normal(size=(n, k, 3)), valid=rng.random((n, k)) > 0.2,
-        descriptors=rng.normal(size=(n, k, c)).astype(np.float16),
+        points3d=rng.normal(size=(n, k, 3)), valid=np.arange(k)[None].repeat(n, 0) < [[4], [5], [2]][:n],
+        descriptors=rng.integers(-127, 128, (n, k, c)).astype(np.int8),
+        descriptor_scales=rng.uniform(0.001, 0.01, (n, k)).astype(np.float16),
         global_descriptors=rng.normal(size=(n, d)).astype(np.float32),
         pca={"mean": np.zeros(16, np.float32), "components": np.eye(d, 16, dtype=np.float32)},
+        projection={"mean": np.zeros(32, np.float32), "components": np.eye(c, 32, dtype=np.float32),
+                    "explained_variance": np.ones(c, np.float32), "whiten": np.array(False)},
         weights_sha256="ab" * 32, weights_kind="random", image_size=64)
 
 
-def test_round_trip_is_memory_mapped_and_equal(tmp_path):
+def _masked(m, key):
+    """Row array with padding zeroed (the writer stores zeros there)."""
+    arr = np.array(getattr(m, key))
+    valid = np.asarray(m.valid)
+    return np.where(valid.reshape(valid.shape + (1,) * (arr.ndim - 2)), arr, 0) if key != "valid" else arr
+
+
+def test_round_trip_reads_rows_on_demand_and_equal(tmp_path):
     m = _map()
     m.save(tmp_path / "map")
     back = ReferenceMap.load(tmp_path / "map", expected_weights_sha256="ab" * 32)
-    assert isinstance(back.descriptors, np.memmap)
-    assert back.names == m.names and back.image_size == 64
-    for key in ("rotations", "translations", "keypoints", "points3d", "valid", "descriptors"):
+    assert isinstance(back.descriptors, NpyRows) and isinstance(back.points3d, NpyRows)
+    assert back.names == m.names and back.image_size == 64 and back.unit == "m"
+    for key in ("keypoints", "points3d", "valid", "descriptors", "descriptor_scales"):
+        assert np.array_equal(np.asarray(getattr(back, key)), _masked(m, key)), key
+        assert np.array_equal(getattr(back, key)[[2, 0]], _masked(m, key)[[2, 0]]), key
+        assert np.array_equal(getattr(back, key)[1], _masked(m, key)[1]), key
+    for key in ("rotations", "translations", "global_descriptors"):
         assert np.array_equal(getattr(back, key), getattr(m, key))
     assert np.array_equal(back.pca["components"], m.pca["components"])
+    assert np.array_equal(back.projection["components"], m.projection["components"])
     assert np.allclose(back.centers, -np.einsum("nji,nj->ni", m.rotations, m.translations))
     assert back.cameras[0].model == "PINHOLE" and back.cameras[0].width == 64
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert manifest["descriptors"]["dim"] == 8 and manifest["descriptors"]["source_dim"] == 32
+
+
+def test_opening_reads_no_row_array_whole(tmp_path, monkeypatch):
+    _map().save(tmp_path / "map")
+    loaded = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
+    ref = ReferenceMap.load(tmp_path / "map")
+    assert loaded and not [p for p in loaded if any(
+        p.endswith(f"/{name}.npy") for name in ("descriptors", "descriptor_scales", "points3d", "keypoints", "valid"))]
+    read = []
+    real_pread = __import__("os").pread
+    monkeypatch.setattr("os.pread", lambda fd, n, off: read.append(n) or real_pread(fd, n, off))
+    ref.descriptors[[1]]
+    assert read == [ref.descriptors.row_bytes]  # exactly one row read
+
+
+def test_truncated_or_changed_array_is_named(tmp_path):
+    _map().save(tmp_path / "map")
+    path = tmp_path / "map" / "descriptors.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])
+    with pytest.raises(MapFormatError, match="descriptors.npy: file is .* bytes.*truncated"):
+        ReferenceMap.load(tmp_path / "map")
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, other content
+    ReferenceMap.load(tmp_path / "map")  # opening checks sizes and headers only
+    with pytest.raises(MapFormatError, match="descriptors.npy does not match the sha256"):
+        ReferenceMap.verify(tmp_path / "map")
+    path.write_bytes(data)
+    assert ReferenceMap.verify(tmp_path / "map") == len(json.loads(
+        (tmp_path / "map" / "manifest.json").read_text())["arrays"])
+
+
+def test_format_1_map_is_refused_with_rebuild_command(tmp_path):
+    _map().save(tmp_path / "map")
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    manifest["version"] = 1
+    (tmp_path / "map" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MapFormatError, match="version 1 .*build_map --dataset DIR --out MAP"):
+        ReferenceMap.load(tmp_path / "map")
+
+
+def test_replicated_map_cycles_rows(tmp_path):
+    m = _map()
+    m.save(tmp_path / "map")
+    src = ReferenceMap.load(tmp_path / "map")
+    big = ReferenceMap.load(replicate_map(src, tmp_path / "big", 7))
+    assert len(big) == 7 and len(set(big.names)) == 7
+    assert np.array_equal(big.descriptors[5], src.descriptors[2])
+    assert np.array_equal(big.valid[[3, 4]], src.valid[[0, 1]])
 
 
 def test_refuses_map_of_other_weights(tmp_path):
@@ -53,17 +121,14 @@ def test_missing_map_and_wrong_version(tmp_path):
         ReferenceMap.load(tmp_path / "map")
 
 
-def test_corrupted_or_missing_array_is_named(tmp_path):
+def test_missing_array_is_named(tmp_path):
     _map().save(tmp_path / "map")
-    np.save(tmp_path / "map" / "descriptors.npy", np.zeros((3, 5, 8), np.float16))
-    with pytest.raises(MapFormatError, match="descriptors.npy does not match the sha256"):
-        ReferenceMap.load(tmp_path / "map")
     (tmp_path / "map" / "valid.npy").unlink()
     with pytest.raises(MapFormatError, match="valid.npy is missing"):
-        ReferenceMap.load(tmp_path / "map", verify_hashes=False)
+        ReferenceMap.load(tmp_path / "map")
 
 
 def test_inconsistent_shapes_are_rejected():
     m = _map()
     with pytest.raises(MapFormatError, match="'points3d' has shape"):
-        ReferenceMap(**{**m.__dict__, "points3d": np.zeros((3, 4, 3))})
+        ReferenceMap(**{**dataclasses.asdict(m), "points3d": np.zeros((3, 4, 3))})

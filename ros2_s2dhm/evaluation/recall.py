@@ -18,6 +18,8 @@ from ros2_s2dhm.errors import DatasetError
 from ros2_s2dhm.geometry.pose import Pose, pose_error
 
 THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+#: A returned pose beyond this (m, deg) is a false pose: one a robot must never receive.
+FALSE_POSE: tuple[float, float] = (5.0, 10.0)
 METHODS: tuple[str, ...] = ("rpnp", "fpnp")
 METHOD_LABELS = {"rpnp": "RANSAC-PnP", "fpnp": "Feature-PnP"}
 
@@ -30,6 +32,7 @@ class MethodRecall:
     median_t_m: float  # inf when half or more failed
     median_r_deg: float
     failures: int
+    false_poses: int = 0  # returned poses with dt > 5 m or dr > 10 deg
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,14 @@ def recall_percent(dt: np.ndarray, dr: np.ndarray,
 
 def summarize_errors(dt: np.ndarray, dr: np.ndarray,
                      thresholds: Sequence[tuple[float, float]] = THRESHOLDS) -> MethodRecall:
-    """Recall, medians (failures as ``inf``) and failure count of one method on one group."""
+    """Recall, medians (failures as ``inf``), failures and false poses of one method on one group."""
     dt, dr = np.asarray(dt, dtype=np.float64), np.asarray(dr, dtype=np.float64)
     median = (lambda x: float(np.median(x)) if x.size else float("inf"))
+    returned = np.isfinite(dt)
+    false = returned & ((dt > FALSE_POSE[0]) | (dr > FALSE_POSE[1]))
     return MethodRecall(recall=recall_percent(dt, dr, thresholds), median_t_m=median(dt),
-                        median_r_deg=median(dr), failures=int(np.sum(~np.isfinite(dt))))
+                        median_r_deg=median(dr), failures=int(np.sum(~returned)),
+                        false_poses=int(np.sum(false)))
 
 
 def query_errors(estimates: Mapping[str, Pose | None], ground_truth: Mapping[str, Pose],

@@ -6,7 +6,8 @@ written as ``null``, since JSON has no infinity)::
 
     {"thresholds": [[0.25, 2], [0.5, 5], [5, 10]],
      "conditions": {"<cond>": {"queries": N,
-                               "rpnp": {"recall": [h, m, c], "median_t_m": x, "median_r_deg": y},
+                               "rpnp": {"recall": [h, m, c], "median_t_m": x, "median_r_deg": y,
+                                        "failures": f, "false_poses": w},
                                "fpnp": {...}}},
      "all": {same shape as one condition},
      "weights": "<what the network was loaded from>",
@@ -23,7 +24,7 @@ import numpy as np
 
 from ros2_s2dhm.evaluation.recall import METHOD_LABELS, GroupRecall, RecallReport
 
-TIMING_ORDER = ("preprocess", "backbone", "retrieval", "matching", "pnp", "refine", "total")
+TIMING_ORDER = ("preprocess", "backbone", "projection", "retrieval", "matching", "pnp", "refine", "total")
 
 
 def _number(x: float) -> float | int | None:
@@ -37,7 +38,8 @@ def _group_dict(group: GroupRecall) -> dict:
     for method, score in group.methods.items():
         out[method] = {"recall": [float(r) for r in score.recall],
                        "median_t_m": _number(score.median_t_m),
-                       "median_r_deg": _number(score.median_r_deg)}
+                       "median_r_deg": _number(score.median_r_deg),
+                       "failures": score.failures, "false_poses": score.false_poses}
     return out
 
 
@@ -67,7 +69,7 @@ def _fmt_median(x: float, unit: str) -> str:
 def format_recall_table(report: RecallReport) -> str:
     """Plain-text table: one row per condition and one for all queries, methods side by side."""
     thr = [f"{t:g}m,{r:g}°" for t, r in report.thresholds]
-    method_cols = thr + ["med t", "med R", "fail"]
+    method_cols = thr + ["med t", "med R", "fail", "false"]
     widths = [max(6, len(c)) for c in method_cols]
     rows = {**report.conditions, "all": report.all}
     name_w = max([9] + [len(c) for c in rows])
@@ -84,7 +86,8 @@ def format_recall_table(report: RecallReport) -> str:
         for m in report.methods:
             s = group.methods[m]
             vals = [f"{r:.1f}" for r in s.recall] + [
-                _fmt_median(s.median_t_m, "m"), _fmt_median(s.median_r_deg, "°"), str(s.failures)]
+                _fmt_median(s.median_t_m, "m"), _fmt_median(s.median_r_deg, "°"), str(s.failures),
+                str(s.false_poses)]
             cells += sep + " ".join(f"{v:>{w}}" for v, w in zip(vals, widths))
         lines.append(cells)
     return "\n".join(lines)
@@ -143,3 +146,18 @@ def describe_weights(info) -> str:
     if getattr(info, "netvlad_random", False) and not info.random:
         text += "; NetVLAD head RANDOM"
     return text
+
+
+def format_retrieval_table(retrieval: Mapping[str, Mapping[str, float]], top_k: int) -> str:
+    """Retrieval accuracy per condition: top-1 and top-k reference within 5 m and 30 deg."""
+    name_w = max([9] + [len(c) for c in retrieval])
+    lines = [f"{'retrieval':<{name_w}} {'N':>4} {'top-1 %':>8} {f'top-{top_k} %':>8}"]
+    for cond, r in retrieval.items():
+        lines.append(f"{cond:<{name_w}} {r['queries']:>4} {r['top1']:>8.1f} {r['topk']:>8.1f}")
+    return "\n".join(lines)
+
+
+def format_operating_point(point: Mapping[str, float], min_confidence: float, queries: int) -> str:
+    """One line: what min_confidence returns (poses, correct at (0.25 m, 2 deg), false)."""
+    return (f"min_confidence {min_confidence:g}: {point['returned']} of {queries} poses returned, "
+            f"{point['correct']} within (0.25 m, 2°), {point['false']} false (> 5 m or 10°)")

@@ -44,6 +44,10 @@ class QueryOutcome:
     refine_reason: str | None = None
     reference_names: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: float = 0.0
+    candidate_pose: Pose | None = None  # best pose found, even below min_confidence
+    retrieved_names: list[str] = field(default_factory=list)
+    supporting_references: list[str] = field(default_factory=list)
 
     def pose(self, method: str) -> Pose | None:
         """The estimate of ``method`` (``"rpnp"`` or ``"fpnp"``), ``None`` on failure."""
@@ -60,7 +64,11 @@ def outcome_from_result(query: QueryImage, result) -> QueryOutcome:
         pose_fpnp=result.pose if ok else None,
         num_matches=int(result.num_matches), num_inliers=int(result.num_inliers),
         refine_reason=result.refine_reason, reference_names=list(result.reference_names),
-        timings_ms={k: float(v) for k, v in result.timings_ms.items()})
+        timings_ms={k: float(v) for k, v in result.timings_ms.items()},
+        confidence=float(getattr(result, "confidence", 1.0 if ok else 0.0)),
+        candidate_pose=getattr(result, "candidate_pose", None) or (result.pose if ok else None),
+        retrieved_names=list(getattr(result, "retrieved_names", result.reference_names)),
+        supporting_references=list(getattr(result, "supporting_references", [])))
 
 
 def evaluate_queries(localizer, queries: Sequence[QueryImage],
@@ -153,17 +161,18 @@ def write_outcomes_csv(path: str | Path, outcomes: Sequence[QueryOutcome],
     """Per-query table: every query with status, failure reason, inliers, errors (if scored), time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ["name", "condition", "success", "failure_reason", "num_matches", "num_inliers",
-              "refine_reason", "top_reference", "total_ms"]
+    header = ["name", "condition", "success", "failure_reason", "confidence", "num_matches",
+              "num_inliers", "refine_reason", "top_reference", "supporting_references", "total_ms"]
     if report is not None:
         header += [f"{m}_{e}" for m in report.methods for e in ("dt_m", "dr_deg")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for o in outcomes:
-            row = [o.name, o.condition, int(o.success), o.failure_reason or "", o.num_matches,
-                   o.num_inliers, o.refine_reason or "",
+            row = [o.name, o.condition, int(o.success), o.failure_reason or "", f"{o.confidence:.4f}",
+                   o.num_matches, o.num_inliers, o.refine_reason or "",
                    o.reference_names[0] if o.reference_names else "",
+                   " ".join(o.supporting_references),
                    f"{o.timings_ms['total']:.1f}" if "total" in o.timings_ms else ""]
             if report is not None:
                 for m in report.methods:

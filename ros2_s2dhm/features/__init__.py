@@ -14,7 +14,8 @@ from ros2_s2dhm.features.checkpoints import (
     save_network,
     weights_hash,
 )
-from ros2_s2dhm.features.netvlad import PCA, NetVLAD
+from ros2_s2dhm.features.netvlad import NetVLAD
+from ros2_s2dhm.features.pca import PCA
 from ros2_s2dhm.features.preprocess import InputImageError, prepare_image
 
 __all__ = [

@@ -1,0 +1,91 @@
+"""Compact descriptors: int8 quantisation, the PCA matching space, coarse-to-fine matching."""
+import numpy as np
+import pytest
+import torch
+
+from ros2_s2dhm.compact_descriptors import (dequantize_int8, fit_projection, project_map,
+                                            quantize_int8)
+from ros2_s2dhm.features.preprocess import prepare_image
+from ros2_s2dhm.matching import MatcherConfig, match_sparse_to_dense, pool_map
+
+
+def test_int8_round_trip_error_is_bounded_by_half_a_step():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1000, 128, generator=g), dim=1)
+    x[0] = 0.0  # an all-zero vector stays zero
+    q, scale = quantize_int8(x)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and q.abs().max() <= 127
+    back = dequantize_int8(q, scale)
+    assert torch.all((back - x).abs() <= scale.float()[:, None] / 2 + 1e-6)
+    assert torch.equal(back[0], torch.zeros(128))
+    # correlations, what matching uses, move by less than 1 %
+    y = torch.nn.functional.normalize(torch.randn(50, 128, generator=g), dim=1)
+    assert (back[1:] @ y.T - x[1:] @ y.T).abs().max() < 0.01
+
+
+def test_projection_keeps_the_ratio_test_decisions():
+    """A distinct descriptor passes and an ambiguous one fails in the projected space too."""
+    g = torch.Generator().manual_seed(1)
+    c, h, w = 256, 24, 32
+    base = torch.randn(c, 1, 1, generator=g)
+    fmap = torch.nn.functional.normalize(base + 0.05 * torch.randn(c, h, w, generator=g), dim=0)
+    fmap[:, 10, 12] = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)  # distinct cell
+    projection = fit_projection(fmap.reshape(c, -1).T.numpy(), dim=32)
+    small = project_map(projection, fmap)
+    assert small.shape == (32, h, w)
+    assert torch.allclose(small.norm(dim=0), torch.ones(h, w), atol=1e-5)
+    # distinct; ambiguous: the common appearance with noise of its own (another image's)
+    ambiguous = torch.nn.functional.normalize(base[:, 0, 0] + 0.05 * torch.randn(c, generator=g), dim=0)
+    desc = torch.stack([fmap[:, 10, 12], ambiguous])
+    q, s = quantize_int8(projection.transform(desc))
+    projected = dequantize_int8(q, s)[None]
+    for query, ref in ((fmap, desc[None]), (small, projected)):
+        m = match_sparse_to_dense(query, ref, torch.ones(1, 2, dtype=torch.bool),
+                                  MatcherConfig(coarse_factor=1))
+        assert m.valid.tolist() == [[True, False]]
+        assert m.query_uv[0, 0].round().tolist() == [12.0, 10.0]
+
+
+def test_pool_map_keeps_the_stride_convention():
+    fmap = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6) + 1
+    coarse = pool_map(fmap, 2)
+    assert coarse.shape == (2, 2, 3)
+    expected = fmap[:, 2:4, 2:4].mean(dim=(1, 2))
+    assert torch.allclose(coarse[:, 1, 1], torch.nn.functional.normalize(expected, dim=0))
+
+
+def test_coarse_to_fine_finds_the_exhaustive_match_on_a_rendered_scene(tiny_map_dir, random_network):
+    from ros2_s2dhm.datasets.synthetic.generate import default_camera, street_pose
+    from ros2_s2dhm.datasets.synthetic.render import render_view
+    from ros2_s2dhm.datasets.synthetic.scene import make_scene
+    from ros2_s2dhm.features.pca import PCA
+    from ros2_s2dhm.reference_map import ReferenceMap
+
+    net, info = random_network
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    projection = PCA.from_state_dict(ref_map.projection)
+    camera = default_camera(128, 96)  # the tiny map's size
+    image, _ = render_view(make_scene(0, length=14.0), street_pose(4.3, yaw_deg=2), camera)
+    with torch.no_grad():
+        fine = project_map(projection, net(prepare_image(image, 128)[0]).hypercolumn[0])
+    index = int(np.argmin(np.abs(ref_map.centers[:, 0] - 4.0)))
+    desc = dequantize_int8(torch.from_numpy(ref_map.descriptors[[index]]),
+                           torch.from_numpy(ref_map.descriptor_scales[[index]]))
+    valid = torch.from_numpy(ref_map.valid[[index]])
+    exhaustive = match_sparse_to_dense(fine, desc, valid, MatcherConfig(coarse_factor=1, use_ratio_test=False))
+    for factor, agree in ((2, 0.9), (4, 0.75)):
+        c2f = match_sparse_to_dense(fine, desc, valid, MatcherConfig(coarse_factor=factor, use_ratio_test=False))
+        keep = valid[0]
+        same = (c2f.query_uv[0][keep] - exhaustive.query_uv[0][keep]).norm(dim=1) < 0.5
+        assert same.float().mean() >= agree, (factor, same.float().mean())
+        # coarse-to-fine never finds a better cell than the exhaustive search
+        assert torch.all(c2f.scores[0][keep] <= exhaustive.scores[0][keep] + 1e-4)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_config_rejects_bad_values(factor):
+    MatcherConfig(coarse_factor=factor)
+    with pytest.raises(ValueError, match="coarse_factor"):
+        MatcherConfig(coarse_factor=0)
+    with pytest.raises(ValueError, match="ratio"):
+        MatcherConfig(ratio=1.5)
