@@ -4,17 +4,22 @@ Every retrieved reference is a hypothesis: its own matches, its own RANSAC-PnP. 
 is rejected when its pose is implausible for the reference that supplied the points (farther
 than ``max_reference_distance_m`` from it, or looking more than ``max_view_angle_deg`` away
 from its viewing direction), or when its inliers collapse onto a few query pixels. The rest
-get a score in [0, 1] from their evidence:
+get a score in [0, 1] from their evidence, each term a ramp ``clip((x - low) / (high - low))``:
 
-    inliers      s_n = 1 - exp(-(n - n_min) / inlier_scale)        (0 at the PnP minimum)
-    spread       s_c = min(1, coverage / full_coverage)             (occupied cells of a grid
-                                                                     over the query image)
-    score        s = s_n * s_c
+    inlier ratio   inliers / matches        wrong references still give hundreds of
+                                            "inliers" among thousands of matches (repeated
+                                            structure, image-position effects): their ratio
+                                            stays low, a right one's does not
+    spread         occupied cells of a grid over the query image
+    count          1 - exp(-(n - n_min) / inlier_scale)
+    score          product of the three
 
 Hypotheses whose poses agree (within ``agree_translation`` and ``agree_rotation_deg``) are
-independent evidence for the same pose; the confidence of a group is the noisy-OR of its
-scores, ``1 - prod(1 - s_i)``, so two good references agreeing are surer than one, and one
-weak reference stays weak.
+independent evidence for the same pose: a group's evidence is the noisy-OR of its scores,
+``1 - prod(1 - s_i)``. The confidence of the chosen group is that times a margin term: when
+another hypothesis with a *different* pose has nearly as many inliers as the best one
+(``margin = best / rival`` below ``rival_margin``), the place is ambiguous and the
+confidence falls to 0 at margin 1.
 """
 from __future__ import annotations
 
@@ -27,23 +32,33 @@ from .geometry import Pose, pose_error
 
 @dataclass
 class VerificationConfig:
-    """Plausibility gates, agreement tolerances and the confidence's scales (see module doc)."""
+    """Plausibility gates, agreement tolerances and the confidence's ramps (see module doc)."""
 
     max_reference_distance_m: float = 50.0
     max_view_angle_deg: float = 90.0
     agree_translation: float = 2.0
     agree_rotation_deg: float = 10.0
     coverage_grid: int = 8
-    full_coverage: float = 0.25
-    inlier_scale: float = 60.0
+    coverage_low: float = 0.15
+    coverage_high: float = 0.4
+    inlier_ratio_low: float = 0.08
+    inlier_ratio_high: float = 0.2
+    inlier_scale: float = 30.0
+    rival_margin: float = 1.5
 
     def __post_init__(self):
         for name in ("max_reference_distance_m", "max_view_angle_deg", "agree_translation",
-                     "agree_rotation_deg", "full_coverage", "inlier_scale"):
+                     "agree_rotation_deg", "inlier_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"VerificationConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.coverage_grid < 1:
-            raise ValueError(f"VerificationConfig.coverage_grid must be >= 1, got {self.coverage_grid}")
+        if not (0 <= self.coverage_low < self.coverage_high <= 1
+                and 0 <= self.inlier_ratio_low < self.inlier_ratio_high <= 1):
+            raise ValueError("VerificationConfig: need 0 <= low < high <= 1 for coverage and inlier "
+                             f"ratio, got ({self.coverage_low}, {self.coverage_high}) and "
+                             f"({self.inlier_ratio_low}, {self.inlier_ratio_high})")
+        if self.coverage_grid < 1 or not self.rival_margin > 1:
+            raise ValueError(f"VerificationConfig: coverage_grid must be >= 1 and rival_margin > 1, "
+                             f"got {self.coverage_grid}, {self.rival_margin}")
 
 
 @dataclass
@@ -105,12 +120,17 @@ def view_angle_deg(a: Pose, b: Pose) -> float:
     return float(np.degrees(np.arccos(cos)))
 
 
-def hypothesis_score(num_inliers: int, coverage: float, min_inliers: int,
+def _ramp(x: float, low: float, high: float) -> float:
+    return float(np.clip((x - low) / (high - low), 0.0, 1.0))
+
+
+def hypothesis_score(num_inliers: int, num_matches: int, coverage: float, min_inliers: int,
                      config: VerificationConfig) -> float:
-    """s = (1 - exp(-(n - n_min) / inlier_scale)) * min(1, coverage / full_coverage)."""
-    s_n = 1.0 - np.exp(-max(0, num_inliers - min_inliers) / config.inlier_scale)
-    s_c = min(1.0, coverage / config.full_coverage)
-    return float(s_n * s_c)
+    """Product of the inlier-ratio, spread and count terms (module doc), in [0, 1]."""
+    s_count = 1.0 - np.exp(-max(0, num_inliers - min_inliers) / config.inlier_scale)
+    s_ratio = _ramp(num_inliers / max(1, num_matches), config.inlier_ratio_low, config.inlier_ratio_high)
+    s_cover = _ramp(coverage, config.coverage_low, config.coverage_high)
+    return float(s_count * s_ratio * s_cover)
 
 
 def judge(h: Hypothesis, reference_pose: Pose, min_inliers: int, image_size: tuple[int, int],
@@ -135,7 +155,8 @@ def judge(h: Hypothesis, reference_pose: Pose, min_inliers: int, image_size: tup
     elif h.view_angle_deg > config.max_view_angle_deg:
         h.reason = (f"implausible pose: looks {h.view_angle_deg:.0f} deg away from the reference "
                     f"that matched (> max_view_angle_deg = {config.max_view_angle_deg})")
-    h.score = 0.0 if h.reason else hypothesis_score(h.num_inliers, h.coverage, min_inliers, config)
+    h.score = 0.0 if h.reason else hypothesis_score(h.num_inliers, h.num_matches, h.coverage,
+                                                    min_inliers, config)
 
 
 def poses_agree(a: Pose, b: Pose, config: VerificationConfig) -> bool:
@@ -149,6 +170,18 @@ def group_of(best: Hypothesis, hypotheses: list[Hypothesis], config: Verificatio
                      and poses_agree(h.pose, best.pose, config)]
 
 
-def group_confidence(group: list[Hypothesis]) -> float:
-    """Noisy-OR of the scores: 1 - prod(1 - s_i)."""
-    return float(1.0 - np.prod([1.0 - h.score for h in group])) if group else 0.0
+def group_confidence(group: list[Hypothesis], hypotheses: list[Hypothesis],
+                     config: VerificationConfig) -> float:
+    """Noisy-OR of the group's scores, times the margin over the strongest rival: a hypothesis
+    with a pose (verified or not) that disagrees with the group's best (module doc)."""
+    if not group:
+        return 0.0
+    evidence = 1.0 - float(np.prod([1.0 - h.score for h in group]))
+    best = group[0]
+    members = {id(h) for h in group}
+    rivals = [h.num_inliers for h in hypotheses if h.pose is not None and id(h) not in members
+              and not poses_agree(h.pose, best.pose, config)]
+    if not rivals or max(rivals) == 0:
+        return evidence
+    margin = best.num_inliers / max(rivals)
+    return evidence * _ramp(margin, 1.0, config.rival_margin)

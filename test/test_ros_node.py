@@ -38,22 +38,32 @@ FAIL_VALUE = 0  # an all-black frame makes the fake pipeline fail
 
 
 class FakePipeline:
-    """Stands in for Localizer: success unless the image is black; records its calls."""
+    """Stands in for Localizer's staged API: success unless the image is black (or, with
+    fail_with_prior, a prior is given); records its calls and counts backbone passes."""
 
-    def __init__(self, delay_s=0.0):
+    def __init__(self, delay_s=0.0, fail_with_prior=False):
         self.delay_s = delay_s
+        self.fail_with_prior = fail_with_prior
         self.calls = []
+        self.backbone_passes = 0
+
+    def features(self, image, camera):
+        self.backbone_passes += 1
+        time.sleep(self.delay_s)
+        return image
 
     def localize(self, image, camera, prior_center=None, prior_radius_m=None):
+        return self.localize_features(self.features(image, camera), prior_center, prior_radius_m)
+
+    def localize_features(self, image, prior_center=None, prior_radius_m=None):
         self.calls.append((image.shape, prior_center, prior_radius_m))
-        time.sleep(self.delay_s)
-        if int(image.max()) == FAIL_VALUE:
+        if int(image.max()) == FAIL_VALUE or (self.fail_with_prior and prior_center is not None):
             return LocalizationResult(success=False, failure_reason="too few inliers (fake)",
                                       num_matches=3, num_inliers=2,
                                       timings_ms={"total": 1.0})
         return LocalizationResult(
             success=True, pose=TRUE_POSE, pose_rpnp=TRUE_POSE, pose_fpnp=TRUE_POSE,
-            covariance=COVARIANCE, num_matches=50, num_inliers=40,
+            covariance=COVARIANCE, num_matches=50, num_inliers=40, confidence=1.0,
             reference_names=["ref/0.jpg"], retrieval_scores=[0.9],
             timings_ms={"backbone": 5.0, "total": 10.0},
             inlier_keypoints=np.array([[10.0, 10.0]]), inlier_points3d=np.array([[0.0, 0.0, 5.0]]))
@@ -202,17 +212,28 @@ def test_pose_stamp_frame_and_covariance(harness):
 
 
 def test_failure_publishes_nothing(harness):
-    for publish_on_failure in (False, True):
-        h = harness(publish_on_failure=publish_on_failure)
-        h.send_info()
-        n = len(h.diagnostics)
-        h.send_image(5_000, value=FAIL_VALUE)
-        status = h.status_after(n, DiagnosticStatus.WARN, "localization failed")
-        assert status is not None and "too few inliers" in status.message
-        time.sleep(0.3)
-        assert h.poses == []  # no pose was estimated: nothing, even with publish_on_failure
-        assert values(status)["localization_failures"] == "1"
-        h.close()
+    h = harness()
+    h.send_info()
+    n = len(h.diagnostics)
+    h.send_image(5_000, value=FAIL_VALUE)
+    status = h.status_after(n, DiagnosticStatus.WARN, "localization failed")
+    assert status is not None and "too few inliers" in status.message
+    time.sleep(0.3)
+    assert h.poses == []
+    assert values(status)["localization_failures"] == "1"
+    assert values(status)["confidence"] == "0.000"
+
+
+def test_tracking_prior_failure_retries_without_a_second_backbone_pass(harness):
+    h = harness(pipeline=FakePipeline(fail_with_prior=True))
+    h.send_info()
+    h.send_image(1_000)  # no prior yet: localized, tracking starts
+    assert wait_for(lambda: len(h.poses) == 1)
+    h.send_image(2_000)  # tracking prior fails, the retry without prior succeeds
+    assert wait_for(lambda: len(h.poses) == 2)
+    assert h.pipeline.backbone_passes == 2  # one per frame, not three
+    priors = [call[1] is not None for call in h.pipeline.calls]
+    assert priors == [False, True, False]
 
 
 def _bad_inputs():
@@ -401,7 +422,7 @@ def test_base_frame_pose_and_debug_image(harness):
 def test_parameters_table_is_declared():
     assert set(localizer_node.PARAMETERS) >= {
         "map_dir", "weights", "device", "image_qos", "use_compressed", "continuous",
-        "max_rate_hz", "max_image_age_s", "map_frame", "base_frame", "publish_on_failure",
+        "max_rate_hz", "max_image_age_s", "map_frame", "base_frame", "min_confidence",
         "tracking_radius_m", "prior_radius_m", "publish_debug_image"}
 
 

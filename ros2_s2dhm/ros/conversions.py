@@ -42,11 +42,6 @@ LOG = logging.getLogger(__name__)
 DEFAULT_MIN_POSITION_VARIANCE = 1e-6
 DEFAULT_MIN_ROTATION_VARIANCE = 1e-8
 
-#: Variances used with ``publish_on_failure``: "this pose is not to be trusted".
-FAILURE_POSITION_VARIANCE = 1e6
-FAILURE_ROTATION_VARIANCE = 1e3
-
-
 # --------------------------------------------------------------------------- images
 
 
@@ -336,11 +331,6 @@ def floor_covariance(covariance: np.ndarray | None,
     covariance = 0.5 * (covariance + covariance.T)
     diagonal = np.diag(covariance)
     return covariance + np.diag(np.maximum(floors - diagonal, 0.0))
-
-
-def failure_covariance() -> np.ndarray:
-    """Huge diagonal covariance published with ``publish_on_failure``."""
-    return np.diag([FAILURE_POSITION_VARIANCE] * 3 + [FAILURE_ROTATION_VARIANCE] * 3)
 
 
 def pose_to_ros(world_to_camera: Pose, frame_in_camera: Pose | None = None):

@@ -79,8 +79,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "base_to_camera": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "pose of the camera optical frame in "
                                                        "base_frame: x y z roll pitch yaw"),
     "publish_tf": (True, "broadcast map_frame -> camera (or base) when tf2_ros is available"),
-    "publish_on_failure": (False, "on failure publish the PnP pose (if any) with a huge "
-                                  "covariance; never a retrieval-only pose"),
+    "min_confidence": (0.5, "publish only poses whose confidence (verified inlier ratio, spread, "
+                            "agreement of references, margin over rivals) reaches this, 0..1; the "
+                            "published covariance is divided by the confidence"),
     "min_position_variance_m2": (1e-6, "floor of the published position variances"),
     "min_rotation_variance_rad2": (1e-8, "floor of the published rotation variances"),
     "missing_position_variance_m2": (1.0, "position variance published when the pipeline gave "
@@ -252,7 +253,8 @@ class LocalizerNode(Node):
     def _localizer_config(self) -> dict:
         config = {"top_k": int(self._p["top_k"]), "refine_enabled": bool(self._p["refine_enabled"]),
                   "use_ratio_test": bool(self._p["use_ratio_test"]),
-                  "pnp_threshold_px": float(self._p["pnp_threshold_px"])}
+                  "pnp_threshold_px": float(self._p["pnp_threshold_px"]),
+                  "min_confidence": float(self._p["min_confidence"])}
         if self._p["image_size"] > 0:
             config["image_size"] = int(self._p["image_size"])
         return config
@@ -425,10 +427,11 @@ class LocalizerNode(Node):
                 return
             center, radius, source = self._prior()
             try:
-                result = pipeline.localize(image, camera, center, radius)
+                features = pipeline.features(image, camera)  # the one backbone pass
+                result = pipeline.localize_features(features, center, radius)
                 if not result.success and source == "tracking":
                     source = "retrieval (tracking prior failed)"
-                    result = pipeline.localize(image, camera, None, None)
+                    result = pipeline.localize_features(features, None, None)
             except S2DHMError as exc:
                 self._problem(f"bad input: {exc}", "frames_bad_input", {})
                 return
@@ -454,13 +457,11 @@ class LocalizerNode(Node):
             else:
                 covariance = np.diag([self._p["missing_position_variance_m2"]] * 3
                                      + [self._p["missing_rotation_variance_rad2"]] * 3)
+            covariance = covariance / max(float(result.confidence), 1e-3)  # less sure: wider
             covariance = conv.floor_covariance(covariance, self._p["min_position_variance_m2"],
                                                self._p["min_rotation_variance_rad2"])
-        elif self._p["publish_on_failure"] and (result.pose or result.pose_rpnp) is not None:
-            pose = result.pose or result.pose_rpnp
-            covariance = conv.failure_covariance()
         else:
-            return False
+            return False  # never a pose that was not verified
         frame_id = self._p["map_frame"]
         out = conv.to_pose_with_covariance_stamped(pose, covariance, msg.header.stamp, frame_id,
                                                    self._frame_in_camera)
@@ -485,6 +486,9 @@ class LocalizerNode(Node):
             "latency_stamp_to_result_ms": f"{(now_ns - stamp_ns) * 1e-6:.1f}",
             "num_matches": str(result.num_matches),
             "num_inliers": str(result.num_inliers),
+            "confidence": f"{result.confidence:.3f}",
+            "supporting_references": " ".join(result.supporting_references) or "none",
+            "references_matched": str(len(result.reference_names)),
             "retrieval_score": (f"{result.retrieval_scores[0]:.4f}"
                                 if result.retrieval_scores else "none"),
             "top_reference": result.reference_names[0] if result.reference_names else "none",
