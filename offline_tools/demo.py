@@ -50,29 +50,27 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--rate", type=float, default=0.5,
                    help="replay rate (bag frames are 2 s apart; 0.5 = one frame every 4 s)")
-    p.add_argument("--top-k", type=int, default=5, help="references retrieved per frame (default 5)")
-    p.add_argument("--max-keypoints", type=int, default=1024,
-                   help="map keypoints per reference image (matching cost is linear in it)")
-    p.add_argument("--pnp-threshold", type=float, default=4.0,
-                   help="RANSAC-PnP threshold in px (12 px is for 1024 px images; these are 320 px)")
+    p.add_argument("--width", type=int, default=640, help="rendered image width (default 640)")
+    p.add_argument("--height", type=int, default=480, help="rendered image height (default 480)")
     return p.parse_args(argv)
 
 
 def prepare(args, device: str):
     """Dataset, map and bag (each reused when already there). Returns (dataset root, map, bag, weights)."""
-    data = args.out / f"synthetic_seed{args.seed}"
+    data = args.out / f"synthetic_seed{args.seed}_{args.width}x{args.height}"
     if not (data / "ground_truth.txt").is_file():
-        size = dataclasses.replace(SIZES["default"], queries_per_condition=args.frames)
+        size = dataclasses.replace(SIZES["default"], queries_per_condition=args.frames,
+                                   width=args.width, height=args.height)
         log.info("rendering the synthetic set into %s", data)
         generate_synthetic(data, seed=args.seed, size=size, conditions=[args.condition], progress=True)
     network, info = load_network(resolve_weights(args.weights), device)
-    map_dir = args.out / f"map_{info.sha256[:12]}_{args.max_keypoints}"
+    map_dir = args.out / f"map_{info.sha256[:12]}_{args.width}x{args.height}"
     try:
-        ReferenceMap.load(map_dir, info.sha256, verify_hashes=False)
+        ReferenceMap.load(map_dir, info.sha256)
     except S2DHMError:
-        log.info("building the map in %s", map_dir)
+        log.info("building the map in %s (default settings)", map_dir)
         build_reference_map(load_dataset(data), network, info.sha256, info.kind, map_dir,
-                            MapBuildConfig(image_size=320, max_keypoints=args.max_keypoints), device)
+                            MapBuildConfig(), device)
     bag = args.out / f"bag_{args.condition}"
     if bag.exists():
         shutil.rmtree(bag)
@@ -84,7 +82,6 @@ def start_node(args, map_dir: Path, device: str, use_ratio_test: bool) -> subpro
     cmd = [sys.executable, "-m", "ros2_s2dhm.ros.localizer_node", "--ros-args",
            "-p", f"map_dir:={map_dir}", "-p", f"weights:={args.weights}", "-p", f"device:={device}",
            "-p", "use_compressed:=true", "-p", "image_qos:=reliable",
-           "-p", f"pnp_threshold_px:={args.pnp_threshold}", "-p", f"top_k:={args.top_k}",
            "-p", f"use_ratio_test:={'true' if use_ratio_test else 'false'}",
            "-r", f"image:={IMAGE_TOPIC}", "-r", "camera_info:=/camera/camera_info"]
     return subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE,

@@ -7,8 +7,8 @@ optionally refined to sub-cell precision.
 
 Coarse to fine (``coarse_factor`` f > 1): the correlation and the ratio test run on the
 query map average-pooled by f (f*f fewer cells, same image-area fraction for the ratio
-test's k), then only a window of (f+2)^2 cells of the full-resolution map around the coarse
-winner is re-scored, which gives the match and its sub-cell position. f = 1 is the
+test's k), then only the f*f full-resolution cells of the coarse winner are re-scored, and the
+4 neighbours of the best one for its sub-cell position. f = 1 is the
 exhaustive search. All of it runs on the device of the query map with no loop over
 keypoints.
 """
@@ -114,35 +114,29 @@ def pool_map(fmap: torch.Tensor, factor: int) -> torch.Tensor:
 
 def _refine_in_window(fine: torch.Tensor, desc: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor,
                       factor: int, subcell: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best full-resolution cell near coarse winners.
+    """Best full-resolution cell inside coarse winners, then its sub-cell position.
 
-    fine: [C,h,w]; desc: [M,C]; cu, cv: [M] coarse cells. The window spans fine cells
-    f*c-1 .. f*c+f (one cell of margin around the coarse cell). Returns uv [M,2] (fine cells,
-    sub-cell when ``subcell`` and the winner is inside the window and the map) and scores [M].
+    fine: [C,h,w]; desc: [M,C]; cu, cv: [M] coarse cells. The f*f fine cells of the coarse cell
+    are scored, then (``subcell``) the 4 neighbours of the best one, for the parabola fit.
+    Returns uv [M,2] in fine cells and scores [M].
     """
     C, h, w = fine.shape
-    size = factor + 2
-    offsets = torch.arange(-1, factor + 1, device=fine.device)
-    xs = (cu[:, None] * factor + offsets).clamp(0, w - 1)  # [M,size]
-    ys = (cv[:, None] * factor + offsets).clamp(0, h - 1)
-    cells = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(cu), size * size)  # [M,size*size]
     flat = fine.reshape(C, h * w).T  # [h*w, C]
-    scores = torch.einsum("mwc,mc->mw", flat[cells], desc)  # [M,size*size]
-    best, arg = scores.max(dim=-1)
-    iy, ix = arg // size, arg % size
-    x, y = xs.gather(1, ix[:, None])[:, 0], ys.gather(1, iy[:, None])[:, 0]
+    offsets = torch.arange(factor, device=fine.device)
+    xs = (cu[:, None] * factor + offsets).clamp(max=w - 1)  # [M,f]
+    ys = (cv[:, None] * factor + offsets).clamp(max=h - 1)
+    cells = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(cu), factor * factor)
+    best, arg = torch.einsum("mkc,mc->mk", flat[cells], desc).max(dim=-1)
+    x = xs.gather(1, (arg % factor)[:, None])[:, 0]
+    y = ys.gather(1, (arg // factor)[:, None])[:, 0]
     uv = torch.stack([x, y], -1).to(fine.dtype)
     if subcell:
-        grid = scores.reshape(-1, size, size)
-        rows = torch.arange(len(cu), device=fine.device)
-
-        def at(yy, xx):
-            return grid[rows, yy.clamp(0, size - 1), xx.clamp(0, size - 1)]
-
-        dx = _parabola_offset(at(iy, ix - 1), best, at(iy, ix + 1))
-        dy = _parabola_offset(at(iy - 1, ix), best, at(iy + 1, ix))
-        inside_x = (ix > 0) & (ix < size - 1) & (x > 0) & (x < w - 1)
-        inside_y = (iy > 0) & (iy < size - 1) & (y > 0) & (y < h - 1)
+        nx = torch.stack([x - 1, x + 1, x, x], -1).clamp(0, w - 1)
+        ny = torch.stack([y, y, y - 1, y + 1], -1).clamp(0, h - 1)
+        around = torch.einsum("mkc,mc->mk", flat[ny * w + nx], desc)  # left, right, up, down
+        dx = _parabola_offset(around[:, 0], best, around[:, 1])
+        dy = _parabola_offset(around[:, 2], best, around[:, 3])
+        inside_x, inside_y = (x > 0) & (x < w - 1), (y > 0) & (y < h - 1)
         uv = uv + torch.stack([torch.where(inside_x, dx, torch.zeros_like(dx)),
                                torch.where(inside_y, dy, torch.zeros_like(dy))], -1)
     return uv, best
@@ -163,7 +157,7 @@ def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep
     rows = torch.nonzero(keep.reshape(-1)).flatten()
     flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
     flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
-    block = max(1, config.max_chunk_elements // ((factor + 2) ** 2 * c))
+    block = max(1, config.max_chunk_elements // ((factor * factor + 4) * c))
     for start in range(0, len(rows), block):
         r = rows[start:start + block]
         flat_uv[r], flat_scores[r] = _refine_in_window(fine, flat_desc[r], flat_cu[r], flat_cv[r],

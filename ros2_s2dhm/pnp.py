@@ -23,6 +23,7 @@ class PnPConfig:
     backend: str = "poselib"
     reprojection_error_px: float = 12.0
     iterations: int = 5000
+    min_iterations: int = 50  # poselib / pycolmap stop this early when the inlier ratio is high
     confidence: float = 0.9999
     min_inliers: int = 12
     refine: bool = True
@@ -77,6 +78,7 @@ def _pycolmap(p2d, p3d, camera: Camera, cfg: PnPConfig):
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = cfg.reprojection_error_px
     est.ransac.max_num_trials = cfg.iterations
+    est.ransac.min_num_trials = min(cfg.min_iterations, cfg.iterations)
     est.ransac.confidence = cfg.confidence
     est.ransac.random_seed = 0
     ref = pycolmap.AbsolutePoseRefinementOptions()
@@ -95,6 +97,7 @@ def _poselib(p2d, p3d, camera: Camera, cfg: PnPConfig):
     cam = {"model": camera.model, "width": camera.width, "height": camera.height,
            "params": list(map(float, camera.params))}
     ransac = {"max_reproj_error": cfg.reprojection_error_px, "max_iterations": cfg.iterations,
+              "min_iterations": min(cfg.min_iterations, cfg.iterations),
               "success_prob": cfg.confidence, "seed": 0}
     bundle = {} if cfg.refine else {"max_iterations": 0}
     pose, info = poselib.estimate_absolute_pose(p2d, p3d, cam, ransac, bundle)

@@ -93,7 +93,7 @@ class PCA:
             raise ValueError(f"PCA.transform: expected last dimension {self.input_dim}, "
                              f"got shape {tuple(t.shape)}")
         mean, components, scale = self._on(t.device)
-        y = (t - mean) @ components.T
+        y = t @ components.T - mean @ components.T  # no centred copy of a large input
         if self.whiten:
             y = y / scale
         y = F.normalize(y, p=2, dim=-1)
