@@ -161,7 +161,8 @@ def test_results_json_has_the_documented_shape(tmp_path):
     for group in [*data["conditions"].values(), data["all"]]:
         assert set(group) == {"queries", "rpnp", "fpnp"}
         for method in ("rpnp", "fpnp"):
-            assert set(group[method]) == {"recall", "median_t_m", "median_r_deg"}
+            assert set(group[method]) == {"recall", "median_t_m", "median_r_deg", "failures",
+                                          "false_poses"}
             assert len(group[method]["recall"]) == 3
     assert data["conditions"]["night"]["queries"] == 4
     assert data["conditions"]["night"]["fpnp"]["recall"] == [50.0, 100.0, 100.0]

@@ -481,3 +481,67 @@ def test_record_poses_writes_submission(harness, tmp_path):
     for pose in poses.values():  # world-to-camera, exactly the pipeline's estimate
         assert np.allclose(pose.R, TRUE_POSE.R, atol=1e-9)
         assert np.allclose(pose.t, TRUE_POSE.t, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- real pipeline
+
+@pytest.fixture(scope="module")
+def shipped_map(tiny_synthetic, tmp_path_factory):
+    """A map of the tiny set built with the shipped weights (the node's default)."""
+    from ros2_s2dhm.datasets import load_dataset
+    from ros2_s2dhm.features.checkpoints import load_network
+    from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
+    from ros2_s2dhm.runtime import resolve_weights
+
+    network, info = load_network(resolve_weights("default"))
+    assert not info.random, "the shipped weights are missing from the package"
+    out = tmp_path_factory.mktemp("shipped") / "map"
+    dataset = load_dataset(tiny_synthetic.root)
+    build_reference_map(dataset, network, info.sha256, info.kind, out,
+                        MapBuildConfig(image_size=128, max_keypoints=1024), progress=False)
+    return out, dataset
+
+
+def test_unverifiable_frames_publish_nothing_and_say_why(harness, shipped_map):
+    """Real pipeline: an unmapped place and a textureless frame never give a pose; a night frame of
+    a mapped place gives one only when verified (confidence >= min_confidence, and then right)."""
+    from ros2_s2dhm.datasets.base import read_image
+    from ros2_s2dhm.datasets.synthetic.generate import street_pose
+    from ros2_s2dhm.datasets.synthetic.render import render_view
+    from ros2_s2dhm.datasets.synthetic.scene import make_scene
+    from ros2_s2dhm.evaluation.submission import read_submission
+    from ros2_s2dhm.geometry.pose import pose_error
+
+    map_dir, dataset = shipped_map
+    h = harness(factory=localizer_node.build_pipeline, map_dir=str(map_dir), weights="default",
+                tracking_enabled=False)
+    camera = dataset.queries[0].camera
+    fx, fy, cx, cy = camera.opencv_params()[:4]
+    h.send_info(k=(fx, 0, cx, 0, fy, cy, 0, 0, 1), size=(camera.width, camera.height))
+    night = next(q for q in dataset.queries if q.condition == "night")
+    frames = {
+        "unmapped place": render_view(make_scene(7, length=14.0), street_pose(5.0), camera)[0],
+        "textureless": np.full((camera.height, camera.width, 3), 90, np.uint8),
+        "night": read_image(night.path),
+    }
+    outcomes = {}
+    for i, (what, image) in enumerate(frames.items()):
+        n, poses = len(h.diagnostics), len(h.poses)
+        h.send_image((i + 1) * 10**9, size=(camera.width, camera.height), data=image.tobytes())
+        status = h.status_after(n, contains="locali")  # "localized" or "localization failed"
+        assert status is not None, what
+        time.sleep(0.3)
+        outcomes[what] = (status, h.poses[poses:])
+    for what in ("unmapped place", "textureless"):
+        status, poses = outcomes[what]
+        assert poses == [] and status.level == DiagnosticStatus.WARN, what
+        assert "localization failed:" in status.message and len(status.message) > 25, status.message
+    status, poses = outcomes["night"]
+    kv = values(status)
+    if poses:  # published: verified, confident and right
+        assert float(kv["confidence"]) >= 0.5 and kv["pose_published"] == "True"
+        truth = read_submission(dataset.root / "ground_truth.txt")[night.name]
+        p = poses[0].pose.pose.position
+        assert np.linalg.norm([p.x, p.y, p.z] - truth.center) < 5.0
+    else:
+        assert "localization failed:" in status.message and kv["pose_published"] == "False"
