@@ -31,6 +31,12 @@ def add_localizer_args(parser: argparse.ArgumentParser, top_k_default: int | Non
     g.add_argument("--no-refine", action="store_true", help="skip Feature-metric PnP")
     g.add_argument("--intrinsics", choices=("query", "reference"), default=None,
                    help="camera used for PnP: the query's (default) or the top reference's (S2DHM)")
+    g.add_argument("--min-confidence", type=float, default=None,
+                   help="poses below this confidence are not returned (default 0.5; evaluate's "
+                        "confidence curve shows the trade-off)")
+    g.add_argument("--coarse-factor", type=int, default=None,
+                   help="matching searches a query map pooled by this factor, then refines at "
+                        "full resolution (default 2; 1 = exhaustive)")
 
 
 def localizer_options(args: argparse.Namespace) -> dict:
@@ -39,4 +45,5 @@ def localizer_options(args: argparse.Namespace) -> dict:
             "pnp_backend": args.pnp_backend, "intrinsics": args.intrinsics,
             "use_ratio_test": False if args.no_ratio_test else None,
             "refine_enabled": False if args.no_refine else None,
+            "min_confidence": args.min_confidence, "coarse_factor": args.coarse_factor,
             "image_size": getattr(args, "image_size", None)}
