@@ -41,6 +41,23 @@ def tiny_map_dir(tiny_synthetic, random_network, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def shipped_map(tiny_synthetic, tmp_path_factory):
+    """A map of the tiny set built with the shipped weights (the node's default)."""
+    from ros2_s2dhm.datasets import load_dataset
+    from ros2_s2dhm.features.checkpoints import load_network
+    from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
+    from ros2_s2dhm.runtime import resolve_weights
+
+    network, info = load_network(resolve_weights("default"))
+    assert not info.random, "the shipped weights are missing from the package"
+    out = tmp_path_factory.mktemp("shipped") / "map"
+    dataset = load_dataset(tiny_synthetic.root)
+    build_reference_map(dataset, network, info.sha256, info.kind, out,
+                        MapBuildConfig(image_size=128, max_keypoints=1024), progress=False)
+    return out, dataset
+
+
 @pytest.fixture
 def ros_domain_id(monkeypatch):
     """A random ROS_DOMAIN_ID so concurrent test runs do not hear each other."""

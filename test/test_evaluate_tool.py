@@ -124,3 +124,18 @@ def test_evaluate_runs_unchanged_on_unseen_condition_names(synthetic_map, tmp_pa
     localized = read_submission(out / "submission_fpnp.txt")
     assert localized, "with the ratio test off the random network localizes some queries"
     assert dataset.queries[0].camera.width != dataset.queries[0].camera.height
+
+
+def test_benchmark_scale_mode_replicates_the_map(synthetic_map, tmp_path):
+    data, map_dir, _ = synthetic_map
+    out = tmp_path / "bench.json"
+    benchmark.run(benchmark.parse_args(
+        ["--dataset", str(data), "--map", str(map_dir), "--devices", "cpu", "--weights", "random",
+         "--queries", "1", "--warmup", "0", "--top-k", "2", "--scale-references", "20",
+         "--work-dir", str(tmp_path / "work"), "--out", str(out), "--quiet"]))
+    scale = json.loads(out.read_text())["scale"]
+    (row,) = scale["maps"]
+    assert row["references"] == 20 and row["queries"] == 1
+    assert 0 < row["open_s"] and 0 < row["rss_open_mb"] and row["mb_per_reference"] < 1.0
+    assert row["stages"]["total"]["count"] == 1
+    assert not (tmp_path / "work" / "map_x20").exists()  # the replicated map is removed after use

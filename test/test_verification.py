@@ -99,3 +99,31 @@ def test_cascade_stops_early_when_sure_and_the_prior_retry_reuses_features(setup
     assert not nowhere.success and nowhere.candidate_pose is None
     again = loc.localize_features(qf)  # same features, same answer
     assert again.success and pose_error(again.pose, sure.pose)[0] < 1e-9
+
+
+def test_cascade_looks_beyond_top_k_when_nothing_verifies(shipped_map, monkeypatch):
+    """Shipped weights, S2DHM's ratio test on: with the right place ranked last by retrieval,
+    the far references do not verify, and the cascade finds the place only when allowed to look
+    past the top-k."""
+    import dataclasses
+
+    from ros2_s2dhm.features.checkpoints import load_network
+    from ros2_s2dhm.runtime import resolve_weights
+
+    map_dir, _ = shipped_map
+    net, info = load_network(resolve_weights("default"))
+    loc = Localizer(net, ReferenceMap.load(map_dir, info.sha256), LocalizerConfig(top_k=2))
+    camera, truth = default_camera(128, 96), street_pose(4.0)
+    qf = loc.features(render_view(make_scene(0, length=14.0), truth, camera)[0], camera)
+    far_first = sorted(range(len(loc.map)), key=lambda i: -np.linalg.norm(loc.map.centers[i] - truth.center))
+    ranked = _hypotheses(loc, qf, [loc.map.names[i] for i in far_first])
+    monkeypatch.setattr(loc, "retrieve", lambda qf, *a, **k: [  # k = top_k + retrieval_extra
+        dataclasses.replace(h, rank=r) for r, h in enumerate(ranked)][:loc.config.top_k
+                                                                      + loc.config.retrieval_extra])
+    for extra, found in ((0, False), (len(ranked), True)):
+        loc.config = dataclasses.replace(loc.config, retrieval_extra=extra)
+        res = loc.localize_features(qf)
+        assert (ranked[-1].name in res.reference_names) == found
+        assert res.success == found, res.failure_reason
+        if found:
+            assert pose_error(res.pose, truth)[0] < 0.25
