@@ -11,12 +11,11 @@ Quantisation: ``q = round(127 * x / max|x|)``, ``scale = max|x| / 127`` (float16
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .features.pca import PCA
 
-__all__ = ["QUANT_MAX", "quantize_int8", "dequantize_int8", "project_map", "fit_projection"]
+__all__ = ["QUANT_MAX", "quantize_int8", "dequantize_int8", "project_map"]
 
 QUANT_MAX = 127
 
@@ -44,10 +43,3 @@ def project_map(projection: PCA, fmap: torch.Tensor) -> torch.Tensor:
     """Dense feature map [C, H, W] -> [d, H, W], each cell projected and L2-normalised."""
     c, h, w = fmap.shape
     return projection.transform(fmap.reshape(c, h * w).T).T.reshape(-1, h, w).contiguous()
-
-
-def fit_projection(samples: np.ndarray, dim: int, whiten: bool = False, seed: int = 0) -> PCA:
-    """PCA of reference hypercolumns samples [M, C] to ``dim`` components (the matching space)."""
-    if len(samples) < 2:
-        raise ValueError(f"fit_projection: need at least 2 descriptors, got {len(samples)}")
-    return PCA.fit(np.asarray(samples, np.float32), dim=dim, whiten=whiten, seed=seed)

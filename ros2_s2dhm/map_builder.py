@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .compact_descriptors import fit_projection, quantize_int8
+from .compact_descriptors import quantize_int8
 from .datasets.base import Dataset, read_image
 from .features.backbone import HYPERCOLUMN_STRIDE
 from .features.pca import PCA
@@ -126,7 +126,7 @@ def _fit_projection(out_dir: Path, fit_ids: list[int], config: MapBuildConfig) -
         full = np.load(_part_path(out_dir, i))["descriptors_full"]
         take = rng.choice(len(full), min(per_image, len(full)), replace=False) if len(full) else []
         samples.append(full[np.sort(take)].astype(np.float32))
-    return fit_projection(np.concatenate(samples), config.descriptor_dim, config.descriptor_whiten)
+    return PCA.fit(np.concatenate(samples), dim=config.descriptor_dim, whiten=config.descriptor_whiten)
 
 
 def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_kind: str,

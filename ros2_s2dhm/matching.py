@@ -78,8 +78,16 @@ def _subcell(scores: torch.Tensor, arg: torch.Tensor, h: int, w: int) -> torch.T
         idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))[..., None]
         return scores.gather(-1, idx)[..., 0]
 
-    dx = _parabola_offset(at(y, x - 1), best, at(y, x + 1))
-    dy = _parabola_offset(at(y - 1, x), best, at(y + 1, x))
+    return _subcell_uv(x, y, best, (at(y, x - 1), at(y, x + 1), at(y - 1, x), at(y + 1, x)), h, w)
+
+
+def _subcell_uv(x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, around, h: int, w: int
+                ) -> torch.Tensor:
+    """Cell (x, y) [...] shifted to the vertices of the parabolas through its score ``best``
+    and its neighbours' ``around`` = (left, right, up, down); no shift on the map border."""
+    left, right, up, down = around
+    dx = _parabola_offset(left, best, right)
+    dy = _parabola_offset(up, best, down)
     dx = torch.where((x > 0) & (x < w - 1), dx, torch.zeros_like(dx))
     dy = torch.where((y > 0) & (y < h - 1), dy, torch.zeros_like(dy))
     return torch.stack([x.to(dx.dtype) + dx, y.to(dy.dtype) + dy], -1)
@@ -129,17 +137,12 @@ def _refine_in_window(fine: torch.Tensor, desc: torch.Tensor, cu: torch.Tensor, 
     best, arg = torch.einsum("mkc,mc->mk", flat[cells], desc).max(dim=-1)
     x = xs.gather(1, (arg % factor)[:, None])[:, 0]
     y = ys.gather(1, (arg // factor)[:, None])[:, 0]
-    uv = torch.stack([x, y], -1).to(fine.dtype)
-    if subcell:
-        nx = torch.stack([x - 1, x + 1, x, x], -1).clamp(0, w - 1)
-        ny = torch.stack([y, y, y - 1, y + 1], -1).clamp(0, h - 1)
-        around = torch.einsum("mkc,mc->mk", flat[ny * w + nx], desc)  # left, right, up, down
-        dx = _parabola_offset(around[:, 0], best, around[:, 1])
-        dy = _parabola_offset(around[:, 2], best, around[:, 3])
-        inside_x, inside_y = (x > 0) & (x < w - 1), (y > 0) & (y < h - 1)
-        uv = uv + torch.stack([torch.where(inside_x, dx, torch.zeros_like(dx)),
-                               torch.where(inside_y, dy, torch.zeros_like(dy))], -1)
-    return uv, best
+    if not subcell:
+        return torch.stack([x, y], -1).to(fine.dtype), best
+    nx = torch.stack([x - 1, x + 1, x, x], -1).clamp(0, w - 1)
+    ny = torch.stack([y, y, y - 1, y + 1], -1).clamp(0, h - 1)
+    around = torch.einsum("mkc,mc->mk", flat[ny * w + nx], desc)  # left, right, up, down
+    return _subcell_uv(x, y, best, around.unbind(-1), h, w).to(fine.dtype), best
 
 
 def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep: torch.Tensor,

@@ -277,11 +277,7 @@ class ReferenceMap:
     # ------------------------------------------------------------------ files
     def save(self, map_dir) -> Path:
         """Write the map directory (row arrays copied image by image, manifest last)."""
-        writer = MapWriter(map_dir, len(self), self.num_keypoints, self.descriptor_dim)
-        for i in range(len(self)):
-            m = int(np.asarray(self.valid[i]).sum())
-            writer.set_row(i, self.keypoints[i][:m], self.points3d[i][:m],
-                           self.descriptors[i][:m], self.descriptor_scales[i][:m])
+        writer = _copy_rows(self, map_dir, np.arange(len(self)))
         return writer.finish(
             names=self.names, cameras=self.cameras, rotations=self.rotations,
             translations=self.translations, global_descriptors=self.global_descriptors,
@@ -385,19 +381,24 @@ class ReferenceMap:
         return len(manifest.get("arrays", {}))
 
 
+def _copy_rows(source: ReferenceMap, out_dir, rows: np.ndarray) -> MapWriter:
+    """A MapWriter whose image i holds ``source``'s image ``rows[i]`` (valid keypoints only)."""
+    writer = MapWriter(out_dir, len(rows), source.num_keypoints, source.descriptor_dim)
+    for i, j in enumerate(rows):
+        m = int(np.asarray(source.valid[j]).sum())
+        writer.set_row(i, source.keypoints[j][:m], source.points3d[j][:m],
+                       source.descriptors[j][:m], source.descriptor_scales[j][:m])
+    return writer
+
+
 def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
     """A map of ``num_images`` images made by cycling ``source``'s images (scale benchmarks).
 
     Copies are renamed ``<name>#<copy>``; their arrays are the source rows, written row by row.
     """
-    writer = MapWriter(out_dir, num_images, source.num_keypoints, source.descriptor_dim)
     n = len(source)
-    for i in range(num_images):
-        j = i % n
-        m = int(np.asarray(source.valid[j]).sum())
-        writer.set_row(i, source.keypoints[j][:m], source.points3d[j][:m],
-                       source.descriptors[j][:m], source.descriptor_scales[j][:m])
     cycle = np.arange(num_images) % n
+    writer = _copy_rows(source, out_dir, cycle)
     return writer.finish(
         names=[source.names[j] if i < n else f"{source.names[j]}#{i // n}" for i, j in enumerate(cycle)],
         cameras=[source.cameras[j] for j in cycle], rotations=np.asarray(source.rotations)[cycle],

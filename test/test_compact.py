@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from ros2_s2dhm.compact_descriptors import (dequantize_int8, fit_projection, project_map,
-                                            quantize_int8)
+from ros2_s2dhm.compact_descriptors import dequantize_int8, project_map, quantize_int8
+from ros2_s2dhm.features.pca import PCA
 from ros2_s2dhm.features.preprocess import prepare_image
 from ros2_s2dhm.matching import MatcherConfig, match_sparse_to_dense, pool_map
 
@@ -30,7 +30,7 @@ def test_projection_keeps_the_ratio_test_decisions():
     base = torch.randn(c, 1, 1, generator=g)
     fmap = torch.nn.functional.normalize(base + 0.05 * torch.randn(c, h, w, generator=g), dim=0)
     fmap[:, 10, 12] = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)  # distinct cell
-    projection = fit_projection(fmap.reshape(c, -1).T.numpy(), dim=32)
+    projection = PCA.fit(fmap.reshape(c, -1).T.numpy(), dim=32)
     small = project_map(projection, fmap)
     assert small.shape == (32, h, w)
     assert torch.allclose(small.norm(dim=0), torch.ones(h, w), atol=1e-5)
@@ -58,7 +58,6 @@ def test_coarse_to_fine_finds_the_exhaustive_match_on_a_rendered_scene(tiny_map_
     from ros2_s2dhm.datasets.synthetic.generate import default_camera, street_pose
     from ros2_s2dhm.datasets.synthetic.render import render_view
     from ros2_s2dhm.datasets.synthetic.scene import make_scene
-    from ros2_s2dhm.features.pca import PCA
     from ros2_s2dhm.reference_map import ReferenceMap
 
     net, info = random_network

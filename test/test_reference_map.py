@@ -27,6 +27,14 @@ def _map(n=3, k=5, c=8, d=4):
         weights_sha256="ab" * 32, weights_kind="random", image_size=64)
 
 
+def _saved_with_version(map_dir, version):
+    """A saved map whose manifest claims another format version."""
+    _map().save(map_dir)
+    manifest = json.loads((map_dir / "manifest.json").read_text())
+    manifest["version"] = version
+    (map_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _masked(m, key):
     """Row array with padding zeroed (the writer stores zeros there)."""
     arr = np.array(getattr(m, key))
@@ -86,10 +94,7 @@ def test_truncated_or_changed_array_is_named(tmp_path):
 
 
 def test_format_1_map_is_refused_with_rebuild_command(tmp_path):
-    _map().save(tmp_path / "map")
-    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
-    manifest["version"] = 1
-    (tmp_path / "map" / "manifest.json").write_text(json.dumps(manifest))
+    _saved_with_version(tmp_path / "map", 1)
     with pytest.raises(MapFormatError, match="version 1 .*build_map --dataset DIR --out MAP"):
         ReferenceMap.load(tmp_path / "map")
 
@@ -113,10 +118,7 @@ def test_refuses_map_of_other_weights(tmp_path):
 def test_missing_map_and_wrong_version(tmp_path):
     with pytest.raises(MapFormatError, match="manifest.json is missing"):
         ReferenceMap.load(tmp_path / "nothing")
-    _map().save(tmp_path / "map")
-    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
-    manifest["version"] = 99
-    (tmp_path / "map" / "manifest.json").write_text(json.dumps(manifest))
+    _saved_with_version(tmp_path / "map", 99)
     with pytest.raises(MapFormatError, match="version 99"):
         ReferenceMap.load(tmp_path / "map")
 

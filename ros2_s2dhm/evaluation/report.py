@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ros2_s2dhm.evaluation.recall import METHOD_LABELS, GroupRecall, RecallReport
+from ros2_s2dhm.localizer import STAGES
 
-TIMING_ORDER = ("preprocess", "backbone", "projection", "retrieval", "matching", "pnp", "refine", "total")
+TIMING_ORDER = STAGES  # the pipeline's stage order
 
 
 def _number(x: float) -> float | int | None:

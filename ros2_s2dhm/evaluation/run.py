@@ -65,10 +65,10 @@ def outcome_from_result(query: QueryImage, result) -> QueryOutcome:
         num_matches=int(result.num_matches), num_inliers=int(result.num_inliers),
         refine_reason=result.refine_reason, reference_names=list(result.reference_names),
         timings_ms={k: float(v) for k, v in result.timings_ms.items()},
-        confidence=float(getattr(result, "confidence", 1.0 if ok else 0.0)),
-        candidate_pose=getattr(result, "candidate_pose", None) or (result.pose if ok else None),
-        retrieved_names=list(getattr(result, "retrieved_names", result.reference_names)),
-        supporting_references=list(getattr(result, "supporting_references", [])))
+        confidence=float(result.confidence),
+        candidate_pose=result.candidate_pose or (result.pose if ok else None),
+        retrieved_names=list(result.retrieved_names),
+        supporting_references=list(result.supporting_references))
 
 
 def evaluate_queries(localizer, queries: Sequence[QueryImage],
