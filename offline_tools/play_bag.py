@@ -2,7 +2,7 @@
 
     play_bag BAG [--rate R] [--loop] [--start-offset S] [--remap old:=new ...]
              [--topics t1 t2 ...] [--qos topic=best_effort ...] [--clock [HZ]]
-             [--wait-for-subscribers N] [--wait-timeout S]
+             [--wait-for-subscribers N] [--wait-timeout S] [--delay S]
 
 Messages are published as recorded (CDR bytes unchanged) with the recorded timing scaled
 by --rate (0 = as fast as possible). /tf_static and topics recorded transient-local are
@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                    help="wait until every played topic has N subscribers before starting")
     p.add_argument("--wait-timeout", type=float, default=10.0, help="seconds, for --wait-for-subscribers")
+    p.add_argument("--delay", type=float, default=0.0,
+                   help="seconds to wait before the first message (after --wait-for-subscribers)")
     p.add_argument("--node-name", default="s2dhm_bag_player")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                               topics=tuple(args.topics) if args.topics else None,
                               publish_clock=args.clock is not None, clock_hz=args.clock or 40.0,
                               wait_for_subscribers=args.wait_for_subscribers, wait_timeout_s=args.wait_timeout,
-                              qos_depth=args.qos_depth)
+                              delay_s=args.delay, qos_depth=args.qos_depth)
     except S2DHMError as exc:
         log.error("%s", exc)
         return 1

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,35 @@ SPACING_S = 0.6   # bag time between frames
 def _run(args, env, **kwargs):
     return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+class _Lines:
+    """Collects a process's output lines in a thread; ``wait_for(text)`` blocks until one holds it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append(None)  # end of output
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: any(line is None or text in line for line in self.lines), timeout_s) \
+                and any(line is not None and text in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        return "".join(line for line in self.lines if line is not None)
 
 
 @pytest.mark.slow
@@ -104,6 +134,13 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
                  "-p", "tracking_enabled:=false", "-p", "warmup:=true",
                  "-p", "use_ratio_test:=false",
                  "-r", "image:=/camera/image", "-r", "camera_info:=/camera/camera_info"], env)
+    node_lines = _Lines(node)
+    # the node subscribes once its map is loaded: play only to a ready node, after a settle delay
+    # (a subscription the player counts may not have matched the player yet)
+    if not node_lines.wait_for("ready:", timeout_s=120):
+        node.send_signal(signal.SIGINT)
+        node.wait(timeout=60)
+        pytest.fail(f"the node never became ready:\n{node_lines.text()[-3000:]}")
     recorder = _run(["offline_tools.record_poses", str(out), "--bag", str(bag),
                      "--image-topic", "/camera/image/compressed",
                      "--name-format", "rear/{stamp_us}.jpg", "--timeout", "600"], env)
@@ -111,7 +148,8 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
     try:
         player = _run(["offline_tools.play_bag", str(bag), "--rate", f"{rate:.4f}",
                        "--topics", "/camera/image/compressed", "/camera/camera_info",
-                       "--wait-for-subscribers", "1", "--wait-timeout", "120"], env)
+                       "--wait-for-subscribers", "1", "--wait-timeout", "120",
+                       "--delay", "1.0"], env)
         player_out, _ = player.communicate(timeout=600)
         assert player.returncode == 0, player_out
         try:  # it stops by itself once every frame has a pose; failed frames have none
@@ -124,7 +162,8 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
         for proc in (recorder, node):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-        node_out, _ = node.communicate(timeout=60)
+        node.wait(timeout=60)
+        node_out = node_lines.text()
     recorded = read_submission(out)
     context = (f"\noffline {per_frame_s:.2f} s/frame, played at rate {rate:.3f}\nnode:\n"
                f"{node_out[-3000:]}\nrecorder:\n{recorder_out[-2000:]}")
@@ -138,3 +177,4 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
             dt, dr = pose_error(recorded[outcome.name], outcome.pose("fpnp"))
             assert dt < 1e-6 and dr < 1e-4, f"{outcome.name}: {dt} m, {dr} deg{context}"
     assert "Traceback" not in node_out, context
+    assert f"frames_received {len(queries) + 1}," in node_out, context  # none lost on the way

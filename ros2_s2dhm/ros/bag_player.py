@@ -120,6 +120,9 @@ class PlayOptions:
     publish_clock: publish ``rosgraph_msgs/Clock`` with the bag time on ``clock_topic`` at ``clock_hz``.
     wait_for_subscribers: before playing, wait (at most ``wait_timeout_s``) until every
         publisher of a non-latched topic has this many subscribers.
+    delay_s: wall seconds to wait before the first message (after ``wait_for_subscribers``), as
+        ``ros2 bag play --delay``: a subscriber counted by the publisher may not have matched
+        the publisher yet, and a volatile topic's first messages would be lost to it.
     """
 
     rate: float = 1.0
@@ -133,6 +136,7 @@ class PlayOptions:
     clock_hz: float = 40.0
     wait_for_subscribers: int = 0
     wait_timeout_s: float = 10.0
+    delay_s: float = 0.0
     qos_depth: int = 10
 
 
@@ -231,6 +235,8 @@ class BagPlayer:
         opts = self.options
         if opts.wait_for_subscribers > 0:
             self.wait_for_subscribers()
+        if opts.delay_s > 0 and stop.wait(opts.delay_s):
+            return self.stats
         start = time.monotonic()
         offset_ns = int(opts.start_offset_s * 1e9)
         while not stop.is_set():

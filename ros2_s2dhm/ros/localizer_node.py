@@ -533,6 +533,10 @@ class LocalizerNode(Node):
         worker = getattr(self, "_worker", None)
         if worker is not None and worker.is_alive():
             worker.join(timeout=30.0)
+        stats = getattr(self, "_stats", None)
+        if stats is not None:
+            self.get_logger().info("frames: " + ", ".join(
+                f"{name} {value}" for name, value in vars(stats).items()))
         return super().destroy_node()
 
 
