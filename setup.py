@@ -29,7 +29,8 @@ setup(
     license="BSD-3-Clause",
     tests_require=["pytest"],
     entry_points={
-        "console_scripts": [f"localizer_node = {PACKAGE}.ros.localizer_node:main"]
+        "console_scripts": [f"localizer_node = {PACKAGE}.ros.localizer_node:main",
+                            f"lifecycle_localizer_node = {PACKAGE}.ros.localizer_node:lifecycle_main"]
         + [f"{tool} = offline_tools.{tool}:main" for tool in TOOLS],
     },
 )

@@ -1,7 +1,7 @@
 """Per-stage timing of the localizer (median and p90 over N queries) on CPU and CUDA.
 
     benchmark [--dataset DIR [--map MAP]] [--weights W] [--devices cpu,cuda]
-              [--queries N] [--warmup W] [--image-size S] [--top-k K] [--out FILE]
+              [--queries N] [--warmup W] [--out FILE] [localizer options: --image-size S --top-k K ...]
               [--scale-references N [N ...]]
 
 Without ``--dataset`` it generates a small synthetic set (RobotCar Seasons layout) and
@@ -44,6 +44,7 @@ from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation import report as rep
 from ros2_s2dhm.evaluation.run import evaluate_queries
 from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.localizer import LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
 from ros2_s2dhm.runtime import build_localizer
 from offline_tools.common import add_localizer_args, localizer_options, resolve_device, resolve_weights
@@ -67,10 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated devices, e.g. cpu,cuda; auto = cpu (+ cuda if available)")
     p.add_argument("--queries", type=int, default=8, help="timed queries per device (default 8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up queries per device")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="longer image side fed to the network (default: the map's size for "
-                        f"--map, {BUILD_IMAGE_SIZE} for a map this tool builds)")
-    add_localizer_args(p, top_k_default=10)
+    add_localizer_args(p)  # its --image-size also sets the size of a map this tool builds
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--work-dir", type=Path, help="where the synthetic set and map are written")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output file")
@@ -230,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
     content = {
         "dataset": str(args.dataset) if args.dataset else f"synthetic {args.synthetic_size} seed {args.seed}",
         "map": str(args.map) if args.map else "built by the benchmark",
-        "top_k": args.top_k, "queries": args.queries, "warmup": args.warmup,
+        "top_k": args.top_k or LocalizerConfig.top_k, "queries": args.queries, "warmup": args.warmup,
         "torch": torch.__version__, "devices": results,
     }
     if scale:
@@ -240,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
     print(rep.format_timing_table({d: r["stages"] for d, r in results.items()}))
     for d, r in results.items():
         hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
-        print(f"{d}: {r['name']}; image size {r['image_size']}, top-{args.top_k}, "
+        print(f"{d}: {r['name']}; image size {r['image_size']}, top-{content['top_k']}, "
               f"{r['localized']}/{r['queries']} localized, {hz} (median total); weights: {r['weights']}")
     if scale:
         print(f"\nscale ({devices[0]}):\n" + format_scale_table(scale))

@@ -96,10 +96,11 @@ def replay_and_record(bag: Path, out: Path, rate: float, expected_frames: int, i
 
     from ros2_s2dhm.ros.bag_player import BagPlayer, PlayOptions
     from ros2_s2dhm.ros.pose_recorder import FrameNames, PoseCollector
+    from ros2_s2dhm.ros.process import init_ros
 
     names = FrameNames.from_bag(bag, IMAGE_TOPIC + "/compressed", "rear/{stamp_us}.jpg")
     collector = PoseCollector(names, out)
-    rclpy.init()
+    init_ros()
     node = rclpy.create_node("s2dhm_demo")
     node.create_subscription(PoseWithCovarianceStamped, POSE_TOPIC, collector.add, 100)
     executor = SingleThreadedExecutor()

@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     import rclpy  # noqa: PLC0415  (the library import stays light for --help)
 
+    from ros2_s2dhm.ros.process import init_ros  # noqa: PLC0415
+
     from ros2_s2dhm.ros.bag_player import (  # noqa: PLC0415
         BagPlayer,
         PlayOptions,
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 1
     context = rclpy.Context()
-    rclpy.init(context=context)
+    init_ros(context=context)
     node = rclpy.create_node(args.node_name, context=context)
     stop = threading.Event()
     try:

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
 
     from ros2_s2dhm.ros.conversions import transform_from_xyz_rpy  # noqa: PLC0415
     from ros2_s2dhm.ros.pose_recorder import PoseCollector  # noqa: PLC0415
+    from ros2_s2dhm.ros.process import init_ros  # noqa: PLC0415
 
     try:
         frame_names = _frame_names(args)
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     collector.write()  # an empty file exists from the start
     expected = frame_names.expected
 
-    rclpy.init()
+    init_ros()
     node = rclpy.create_node(args.node_name)
 
     def on_pose(msg):

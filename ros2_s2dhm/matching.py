@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .feature_sampling import interpolate_bilinear
+from .options import option
 
 
 @dataclass
@@ -29,12 +30,20 @@ class MatcherConfig:
     every cell; f > 1 searches a map pooled by f and re-scores a window at full resolution.
     ``max_chunk_elements`` bounds one correlation block [refs, keypoints, cells]."""
 
-    ratio_k_fraction: float = 0.006
-    ratio: float = 0.9
-    use_ratio_test: bool = True
-    subcell: bool = True
-    coarse_factor: int = 2
-    max_chunk_elements: int = 2 ** 26
+    ratio_k_fraction: float = option(0.006, "k of the ratio test as a fraction of the query "
+                                            "map's cells (S2DHM: 0.006)", low=0.0, high=1.0)
+    ratio: float = option(0.9, "ratio test threshold (S2DHM: 0.9)", name="ratio", low=0.01,
+                          high=1.0)
+    use_ratio_test: bool = option(True, "S2DHM's ratio test on matches; false keeps ambiguous "
+                                        "matches (unsafe: textureless views may produce poses)",
+                                  name="use_ratio_test")
+    subcell: bool = option(True, "sub-cell refinement of every match (parabola over the "
+                                 "neighbouring correlations)")
+    coarse_factor: int = option(2, "search a query map pooled by this factor, then refine at "
+                                   "full resolution (1: exhaustive)", name="coarse_factor",
+                                low=1, high=8)
+    max_chunk_elements: int = option(2 ** 26, "elements of one correlation block [refs, "
+                                              "keypoints, cells] (memory bound)", low=2 ** 16)
 
     def __post_init__(self):
         if int(self.coarse_factor) < 1:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .geometry import Camera, Pose
+from .options import option
 
 BACKENDS = ("opencv", "pycolmap", "poselib")
 
@@ -20,13 +21,17 @@ class PnPConfig:
     """RANSAC-PnP settings (S2DHM: P3P, 12 px, 5000 iterations, >= 12 inliers). Default backend
     poselib: its LO-RANSAC is 4-5x faster than OpenCV at the low inlier ratios of wrong references."""
 
-    backend: str = "poselib"
-    reprojection_error_px: float = 12.0
-    iterations: int = 5000
-    min_iterations: int = 50  # poselib / pycolmap stop this early when the inlier ratio is high
-    confidence: float = 0.9999
-    min_inliers: int = 12
-    refine: bool = True
+    backend: str = option("poselib", "RANSAC-PnP implementation", choices=BACKENDS)
+    reprojection_error_px: float = option(
+        12.0, "RANSAC-PnP inlier threshold in pixels of the input image (12: S2DHM's value for "
+              "1024 px images)", name="pnp_threshold_px", low=0.1)
+    iterations: int = option(5000, "RANSAC iterations at most", low=1)
+    min_iterations: int = option(50, "RANSAC iterations at least (poselib, pycolmap stop early "
+                                     "when the inlier ratio is high)", low=0)
+    confidence: float = option(0.9999, "RANSAC success probability that stops the sampling",
+                               low=0.5, high=1.0)
+    min_inliers: int = option(12, "fewer inliers: the reference gives no pose", low=4)
+    refine: bool = option(True, "non-linear refinement of the RANSAC pose on its inliers")
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

@@ -20,6 +20,7 @@ from .errors import CameraError
 from .feature_sampling import GRADIENTS, _bilinear_cell, feature_gradients, interpolate_bilinear
 from .geometry import Camera, Pose, pose_error
 from .geometry.lie import skew
+from .options import option
 
 __all__ = [
     "RefineConfig",
@@ -41,18 +42,20 @@ REASONS = ("converged_cost", "converged_step", "max_iterations", "lambda_max", "
 class RefineConfig:
     """Levenberg-Marquardt and robust-loss settings (``loss_scale`` is in feature-distance units)."""
 
-    loss: str = "cauchy"
-    loss_scale: float = 0.1
-    max_iterations: int = 50
-    lambda_init: float = 1e-2
-    lambda_factor: float = 10.0
-    lambda_min: float = 1e-6
-    lambda_max: float = 1e4
-    gradient: str = "central"
-    rtol_cost: float = 1e-6
-    tol_rotation_deg: float = 1e-4
-    tol_translation_m: float = 1e-5
-    min_points: int = 6
+    loss: str = option("cauchy", "robust loss of Feature-metric PnP", choices=LOSSES)
+    loss_scale: float = option(0.1, "robust loss scale in feature-distance units", low=1e-9)
+    max_iterations: int = option(50, "Levenberg-Marquardt iterations at most", low=0)
+    lambda_init: float = option(1e-2, "initial Levenberg-Marquardt damping", low=1e-12)
+    lambda_factor: float = option(10.0, "damping multiplier after a rejected step", low=1.0)
+    lambda_min: float = option(1e-6, "smallest damping", low=1e-12)
+    lambda_max: float = option(1e4, "largest damping", low=1e-12)
+    gradient: str = option("central", "image gradient of the feature maps", choices=GRADIENTS)
+    rtol_cost: float = option(1e-6, "stop when the cost falls by less than this fraction",
+                              low=0.0)
+    tol_rotation_deg: float = option(1e-4, "stop when a step rotates less than this", low=0.0)
+    tol_translation_m: float = option(1e-5, "stop when a step moves less than this (map units)",
+                                      low=0.0)
+    min_points: int = option(6, "fewer valid points: no refinement", low=1)
 
     def validate(self) -> "RefineConfig":
         if self.loss not in LOSSES:

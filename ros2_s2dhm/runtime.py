@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .options import localizer_config
+
 logger = logging.getLogger(__name__)
 
 #: Weights trained by the project and shipped with the package (see weights/MODEL_CARD.md).
@@ -36,47 +38,6 @@ def resolve_weights(name: str | None = "default") -> str | None:
     return str(name)
 
 
-#: Flat option names (node parameters, tool flags) -> (section of LocalizerConfig, field).
-LOCALIZER_OPTIONS = {
-    "top_k": (None, "top_k"), "image_size": (None, "image_size"),
-    "refine_enabled": (None, "refine_enabled"), "intrinsics": (None, "intrinsics"),
-    "refine_max_points": (None, "refine_max_points"),
-    "max_reference_distance_m": ("verification", "max_reference_distance_m"),
-    "max_view_angle_deg": ("verification", "max_view_angle_deg"),
-    "min_confidence": (None, "min_confidence"), "cascade_batch": (None, "cascade_batch"),
-    "cascade_stop_confidence": (None, "cascade_stop_confidence"),
-    "retrieval_extra": (None, "retrieval_extra"), "coarse_factor": ("matcher", "coarse_factor"),
-    "autocast_bf16": (None, "autocast_bf16"),
-    "use_ratio_test": ("matcher", "use_ratio_test"), "ratio": ("matcher", "ratio"),
-    "pnp_backend": ("pnp", "backend"), "pnp_threshold_px": ("pnp", "reprojection_error_px"),
-    "pnp_min_inliers": ("pnp", "min_inliers"), "refine_loss": ("refine", "loss"),
-}
-
-
-def localizer_config(**options):
-    """A LocalizerConfig from flat options (see LOCALIZER_OPTIONS); None values keep defaults."""
-    import dataclasses
-
-    from .localizer import LocalizerConfig
-
-    config = LocalizerConfig()
-    for name, value in options.items():
-        if name not in LOCALIZER_OPTIONS:
-            raise ValueError(f"unknown localizer option '{name}'; known: {sorted(LOCALIZER_OPTIONS)}")
-        if value is None:
-            continue
-        section, field = LOCALIZER_OPTIONS[name]
-        if section is None:
-            config = dataclasses.replace(config, **{field: value})
-        else:
-            sub = dataclasses.replace(getattr(config, section), **{field: value})
-            config = dataclasses.replace(config, **{section: sub})
-    if not config.matcher.use_ratio_test:
-        logger.warning("S2DHM's ratio test is OFF: ambiguous matches are kept, so textureless or "
-                       "unmapped views may still produce a pose")
-    return config
-
-
 def build_localizer(map_dir, weights: str | None = "default", device: str = "auto", **options):
     """The one way node, evaluator and benchmark assemble the pipeline.
 
@@ -87,9 +48,13 @@ def build_localizer(map_dir, weights: str | None = "default", device: str = "aut
     from .localizer import Localizer
     from .reference_map import ReferenceMap
 
+    config = localizer_config(**options)
+    if not config.matcher.use_ratio_test:
+        logger.warning("S2DHM's ratio test is OFF: ambiguous matches are kept, so textureless or "
+                       "unmapped views may still produce a pose")
     device = resolve_device(device)
     network, info = load_network(resolve_weights(weights), device=device)
     reference_map = ReferenceMap.load(map_dir, expected_weights_sha256=info.sha256)
-    localizer = Localizer(network, reference_map, localizer_config(**options), device=device,
+    localizer = Localizer(network, reference_map, config, device=device,
                           weights_random=info.random)
     return localizer, info

@@ -28,23 +28,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import Pose, pose_error
+from .options import option
 
 
 @dataclass
 class VerificationConfig:
     """Plausibility gates, agreement tolerances and the confidence's ramps (see module doc)."""
 
-    max_reference_distance_m: float = 50.0
-    max_view_angle_deg: float = 90.0
-    agree_translation: float = 2.0
-    agree_rotation_deg: float = 10.0
-    coverage_grid: int = 8
-    coverage_low: float = 0.15
-    coverage_high: float = 0.4
-    inlier_ratio_low: float = 0.08
-    inlier_ratio_high: float = 0.2
-    inlier_scale: float = 30.0
-    rival_margin: float = 1.5
+    max_reference_distance_m: float = option(
+        50.0, "a pose farther than this (map units) from the reference that matched is rejected",
+        name="max_reference_distance_m", low=1e-6)
+    max_view_angle_deg: float = option(
+        90.0, "a pose looking farther away than this from the matched reference's viewing "
+              "direction is rejected", name="max_view_angle_deg", low=1e-6, high=180.0)
+    agree_translation: float = option(2.0, "hypotheses within this distance (map units) agree",
+                                      low=1e-6)
+    agree_rotation_deg: float = option(10.0, "hypotheses within this rotation agree", low=1e-6)
+    coverage_grid: int = option(8, "cells per side of the grid that measures inlier spread", low=1)
+    coverage_low: float = option(0.15, "spread at which the spread term starts rising", low=0.0,
+                                 high=1.0)
+    coverage_high: float = option(0.4, "spread at which the spread term reaches 1", low=0.0,
+                                  high=1.0)
+    inlier_ratio_low: float = option(0.08, "inlier ratio at which its term starts rising",
+                                     low=0.0, high=1.0)
+    inlier_ratio_high: float = option(0.2, "inlier ratio at which its term reaches 1", low=0.0,
+                                      high=1.0)
+    inlier_scale: float = option(30.0, "inliers for the count term 1 - exp(-(n - n_min) / scale)",
+                                 low=1e-6)
+    rival_margin: float = option(1.5, "best/rival inlier ratio below which the place is ambiguous",
+                                 low=1.0)
 
     def __post_init__(self):
         for name in ("max_reference_distance_m", "max_view_angle_deg", "agree_translation",

@@ -115,7 +115,7 @@ def test_evaluate_runs_unchanged_on_unseen_condition_names(synthetic_map, tmp_pa
     out = tmp_path / "out"
     rc = evaluate.main(["--dataset", str(other), "--map", str(map_dir), "--out", str(out),
                         "--ground-truth", str(other / "ground_truth.txt"), "--device", "cpu",
-                        "--weights", "random", "--no-ratio-test", "--pnp-threshold", "3",
+                        "--weights", "random", "--no-use-ratio-test", "--pnp-threshold-px", "3",
                         "--top-k", "3", "--conditions", ",".join(renamed.values()), "--quiet"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())

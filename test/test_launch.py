@@ -37,8 +37,37 @@ def test_yaml_parameters_are_declared_and_documented():
     params = _yaml_parameters()
     assert set(params) == set(PARAMETERS), set(params) ^ set(PARAMETERS)
     for name, value in params.items():
-        default = PARAMETERS[name][0]
+        default = PARAMETERS[name].default
         assert type(value) is type(default), f"{name}: YAML {value!r} vs declared {default!r}"
+        assert value == default, f"{name}: YAML {value!r} is not the default {default!r}"
+
+
+def test_yaml_is_generated_from_the_parameter_table():
+    from ros2_s2dhm.ros.parameters import yaml_text
+
+    assert CONFIG.read_text() == yaml_text(), (
+        "config/localize.yaml is stale: python -m ros2_s2dhm.ros.parameters > "
+        "config/localize.yaml")
+
+
+def test_every_localizer_config_field_is_a_node_parameter():
+    import dataclasses
+
+    from ros2_s2dhm.localizer import LocalizerConfig
+    from ros2_s2dhm.ros.parameters import PARAMETERS
+
+    def leaves(cls, path=()):
+        for f in dataclasses.fields(cls):
+            value = getattr(cls(), f.name)
+            if dataclasses.is_dataclass(value):
+                yield from leaves(type(value), (*path, f.name))
+            else:
+                yield (*path, f.name)
+
+    paths = {opt.path for opt in PARAMETERS.values() if opt.path}
+    missing = [".".join(p) for p in leaves(LocalizerConfig) if p not in paths]
+    assert not missing, f"LocalizerConfig fields without a node parameter: {missing}"
+    assert len(paths) > 40
     lines = CONFIG.read_text().splitlines()
     for i, line in enumerate(lines):
         stripped = line.strip()

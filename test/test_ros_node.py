@@ -309,7 +309,7 @@ def test_newest_frame_only_under_fast_input(harness):
     n = len(h.diagnostics)
     stats = values(h.status_after(n, None, ""))  # a heartbeat after the last result
     assert int(stats["frames_dropped"]) >= sent - processed - 1 > 0
-    assert int(stats["frames_received"]) == sent
+    assert int(stats["frames_received"]) + int(stats["frames_lost"]) == sent
     assert float(stats["latency_receive_to_result_ms"]) < 3 * 1e3 * delay
     print(f"\nfast input: sent {sent} at 100 Hz, processed {processed}, dropped "
           f"{stats['frames_dropped']}, newest answered {elapsed:.2f} s after the first frame")

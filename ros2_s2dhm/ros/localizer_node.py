@@ -1,4 +1,12 @@
-"""ROS 2 node ``s2dhm_localizer``: a thin shell over :class:`ros2_s2dhm.localizer.Localizer`.
+"""ROS 2 nodes ``s2dhm_localizer``: thin shells over :class:`ros2_s2dhm.localizer.Localizer`.
+
+Two forms with the same topics, services and parameters:
+
+* :class:`LocalizerNode` (``localizer_node``): loads the map at start-up and runs;
+* :class:`LifecycleLocalizerNode` (``lifecycle_localizer_node``), managed as nav2's
+  localization nodes are: ``configure`` loads weights and map (a map that cannot be loaded fails
+  the transition with the reason), ``activate`` starts localizing and publishing, ``deactivate``
+  stops it, ``cleanup`` releases the pipeline and the interfaces.
 
 Topics (relative names; remap them):
   sub ``image`` (sensor_msgs/Image) or, with ``use_compressed``, ``<image>/compressed``
@@ -8,15 +16,21 @@ Topics (relative names; remap them):
       ``~/debug/matches`` (Image, optional), TF ``map_frame -> camera/base`` (when tf2_ros exists)
 Services (std_srvs/Trigger): ``~/reload_map``, ``~/reset``, ``~/trigger_localization``.
 
-Only the newest image is kept; a worker thread localizes it off the subscription callback and
-frames replaced while it is busy are counted as dropped. Every parameter is listed in
-:data:`PARAMETERS` (mirrored, with comments, in ``config/localize.yaml``).
+Latency is bounded by one pipeline time: the image subscription keeps one message (history
+depth 1), the callback only swaps it into a one-frame slot and a worker thread localizes the
+newest frame; frames replaced in the slot are counted as dropped, frames that never reached
+the callback as lost (from the gaps between header stamps). Every frame is localized from one
+backbone pass (a failed tracking prior retries retrieval on the same features).
+
+Parameters: :data:`ros2_s2dhm.ros.parameters.PARAMETERS` (the node's own and every localizer
+option, checked when declared or set; ``config/localize.yaml`` is generated from it).
 
 Run without ``ros2 launch``:
   ``localizer_node --ros-args --params-file config/localize.yaml -p map_dir:=/path/map``
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -27,76 +41,29 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from ros2_s2dhm.errors import CameraError, S2DHMError
+from ros2_s2dhm.options import OptionError, localizer_config
 from ros2_s2dhm.ros import conversions as conv
+from ros2_s2dhm.ros.parameters import (LOCALIZER, NODE_NAME, PARAMETERS, check_values, descriptor,
+                                       localizer_values)
+from ros2_s2dhm.ros.process import init_ros
 from ros2_s2dhm.runtime import build_localizer, resolve_device
 
-NODE_NAME = "s2dhm_localizer"
+__all__ = ["LocalizerNode", "LifecycleLocalizerNode", "PARAMETERS", "NODE_NAME", "build_pipeline",
+           "main", "lifecycle_main"]
 
-#: Every node parameter: name -> (default, description). ``config/localize.yaml`` documents the
-#: same names; ``test/test_launch.py`` checks the two agree.
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "map_dir": ("", "reference map directory (built by build_map); empty: no map until set and "
-                    "~/reload_map is called"),
-    "weights": ("default", "network weights: 'default' (the shipped weights), 'random' (seeded "
-                           "random initialisation, testing only) or a file path"),
-    "device": ("auto", "torch device: auto (cuda when available), cpu, cuda, cuda:1, ..."),
-    "warmup": (True, "run one dummy localization after loading so the first frame is not slow"),
-    "top_k": (10, "number of retrieved reference images"),
-    "image_size": (0, "longer image side fed to the network; 0: the size the map was built at"),
-    "refine_enabled": (True, "run Feature-metric PnP after RANSAC-PnP"),
-    "use_ratio_test": (True, "S2DHM's ratio test on matches; false keeps ambiguous matches "
-                             "(unsafe: textureless views may produce poses)"),
-    "pnp_threshold_px": (12.0, "RANSAC-PnP inlier threshold in pixels of the input image "
-                               "(12: S2DHM's value for 1024 px images)"),
-    "use_compressed": (False, "subscribe <image>/compressed (CompressedImage) instead of image"),
-    "image_qos": ("sensor_data", "QoS of the image and camera_info subscriptions: sensor_data, "
-                                 "reliable or system_default"),
-    "use_camera_info": (True, "intrinsics from camera_info; false: from the camera_* parameters"),
-    "camera_info_wait_s": (1.0, "an image that arrives before the first CameraInfo waits this "
-                                "long for it (bags write CameraInfo after the image)"),
-    "use_rectified_intrinsics": (False, "take intrinsics from CameraInfo.p (rectified images)"),
-    "camera_model": ("PINHOLE", "COLMAP camera model when use_camera_info is false"),
-    "camera_width": (0, "image width in pixels when use_camera_info is false"),
-    "camera_height": (0, "image height in pixels when use_camera_info is false"),
-    "camera_params": ([0.0, 0.0, 0.0, 0.0], "camera_model parameters (OpenCV pixel convention), "
-                                            "e.g. PINHOLE fx fy cx cy"),
-    "continuous": (True, "localize every frame; false: only after ~/trigger_localization"),
-    "max_rate_hz": (0.0, "at most this many localizations per second; 0: unlimited"),
-    "max_image_age_s": (0.0, "skip (WARN) frames older than this when processing starts; 0: off"),
-    "map_frame": ("map", "frame_id of the published pose and parent of the TF"),
-    "camera_frame": ("", "camera frame name; empty: the image's header.frame_id"),
-    "base_frame": ("", "publish the pose of this frame instead of the camera's; needs "
-                       "base_to_camera"),
-    "base_to_camera": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "pose of the camera optical frame in "
-                                                       "base_frame: x y z roll pitch yaw"),
-    "publish_tf": (True, "broadcast map_frame -> camera (or base) when tf2_ros is available"),
-    "min_confidence": (0.5, "publish only poses whose confidence (verified inlier ratio, spread, "
-                            "agreement of references, margin over rivals) reaches this, 0..1; the "
-                            "published covariance is divided by the confidence"),
-    "min_position_variance_m2": (1e-6, "floor of the published position variances"),
-    "min_rotation_variance_rad2": (1e-8, "floor of the published rotation variances"),
-    "missing_position_variance_m2": (1.0, "position variance published when the pipeline gave "
-                                          "no covariance (refinement off)"),
-    "missing_rotation_variance_rad2": (0.01, "rotation variance published when the pipeline gave "
-                                             "no covariance"),
-    "tracking_enabled": (True, "after a success, retrieve only references near the last pose"),
-    "tracking_radius_m": (25.0, "radius of the tracking prior"),
-    "prior_radius_m": (50.0, "radius of the initialpose retrieval prior"),
-    "publish_debug_image": (False, "publish ~/debug/matches with the inlier matches drawn"),
-    "diagnostics_period_s": (1.0, "period of the /diagnostics heartbeat"),
-}
-
-#: Parameters whose value is an array of doubles (declared with an explicit type).
-_DOUBLE_ARRAYS = {"camera_params", "base_to_camera"}
+#: Seconds over which /diagnostics reports the receive and processing rates.
+RATE_WINDOW_S = 5.0
 
 
 def build_pipeline(map_dir: str, weights: str, device: str, config: dict):
@@ -122,12 +89,53 @@ class _Frame:
 @dataclass
 class _Stats:
     frames_received: int = 0
+    frames_lost: int = 0       # never reached the callback (gaps between header stamps)
     frames_processed: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = 0    # replaced in the slot while the worker was busy
     frames_stale: int = 0
     frames_bad_input: int = 0
     localization_failures: int = 0
     poses_published: int = 0
+    backbone_passes: int = 0
+
+
+class _Rates:
+    """Receive/processing rates over a sliding window and frames lost before the callback.
+
+    Lost frames are counted from header stamps: the nominal period is the smallest positive
+    stamp difference seen recently, and a gap of ``n`` periods means ``n - 1`` frames never
+    arrived (a source with irregular stamps is undercounted, never overcounted).
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_s = window_s
+        self.received = collections.deque()
+        self.processed = collections.deque()
+        self.periods = collections.deque(maxlen=50)
+        self.last_stamp_ns: int | None = None
+
+    def on_receive(self, now: float, stamp_ns: int) -> int:
+        """Record a frame; returns how many frames went missing just before it."""
+        self.received.append(now)
+        lost = 0
+        if self.last_stamp_ns is not None and stamp_ns > self.last_stamp_ns:
+            gap = stamp_ns - self.last_stamp_ns
+            self.periods.append(gap)
+            period = min(self.periods)
+            lost = max(0, int(round(gap / period)) - 1)
+        if self.last_stamp_ns is None or stamp_ns > self.last_stamp_ns:
+            self.last_stamp_ns = stamp_ns
+        return lost
+
+    def on_processed(self, now: float) -> None:
+        self.processed.append(now)
+
+    def hz(self, now: float) -> tuple[float, float]:
+        """(receive rate, processing rate) in Hz over the window."""
+        for times in (self.received, self.processed):
+            while times and now - times[0] > self.window_s:
+                times.popleft()
+        return len(self.received) / self.window_s, len(self.processed) / self.window_s
 
 
 def _tf_broadcaster_or_none(node: Node):
@@ -138,27 +146,26 @@ def _tf_broadcaster_or_none(node: Node):
     return TransformBroadcaster(node)
 
 
-class LocalizerNode(Node):
-    """The ``s2dhm_localizer`` node; see the module docstring."""
+class _LocalizerBehaviour:
+    """Everything the two node forms share (``self`` is also an rclpy Node)."""
 
-    def __init__(self, **kwargs):
-        super().__init__(NODE_NAME, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=description)
-            if name in _DOUBLE_ARRAYS:
-                descriptor.type = ParameterType.PARAMETER_DOUBLE_ARRAY
-            self.declare_parameter(name, default, descriptor)
-        self._p = self._read_parameters()
+    # ------------------------------------------------------------------ parameters and state
 
-        self._cond = threading.Condition()
-        self._pipeline_lock = threading.Lock()
+    def _init_localizer(self) -> None:
+        self._cond = threading.Condition()          # slot, counters, priors
+        self._pipeline_lock = threading.Lock()      # one localization at a time
         self._stop = threading.Event()
         self._pending: _Frame | None = None
         self._armed = False
+        self._active = False
         self._last_start = -np.inf
         self._stats = _Stats()
+        self._rates = _Rates()
+        self._last_pose_time: float | None = None
         self._pipeline = None
+        self._map_in_use: str | None = None
         self._map_error = "map_dir is not set"
+        self._reload_error: str | None = None
         self._device = "cpu"
         self._camera = None
         self._camera_problem = "no CameraInfo received yet on 'camera_info'"
@@ -168,69 +175,63 @@ class LocalizerNode(Node):
         self._last_log: tuple[str, float] = ("", 0.0)
         self._status = (DiagnosticStatus.ERROR, "starting", {})
         self._frame_in_camera = None
+        self._interfaces: list = []
+        self._worker = None
+        self._tf = self._debug_pub = self._pose_pub = self._diag_pub = None
+        self._p = {name: opt.default for name, opt in PARAMETERS.items()}
+        self._declaring = True
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        for name, opt in PARAMETERS.items():
+            self.declare_parameter(name, opt.default, descriptor(opt))
+        self._declaring = False
+        try:  # the localizer options together (one at a time they were checked alone)
+            localizer_config(**localizer_values(self._p))
+        except OptionError as exc:
+            raise InvalidParameterValueException("localizer options", "", str(exc)) from exc
 
-        self._pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._debug_pub = (self.create_publisher(Image, "~/debug/matches", 1)
-                           if self._p["publish_debug_image"] else None)
-        self._tf = _tf_broadcaster_or_none(self) if self._p["publish_tf"] else None
-        if self._p["publish_tf"] and self._tf is None:
-            self.get_logger().info("tf2_ros is not importable: TF broadcasting is off "
-                                   "(the pose is still published on ~/pose)")
-        self._configure_frames()
+    def _check_parameters(self, params) -> SetParametersResult:
+        """Reject a value out of range / not a choice / refused by the localizer config."""
+        changes = {p.name: p.value for p in params if p.name in PARAMETERS}
+        try:
+            if self._declaring:
+                for name, value in changes.items():
+                    PARAMETERS[name].check(value)
+            else:
+                check_values(self._p, changes)
+        except OptionError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
 
-        self.reload_map()  # loads map + weights once, with a warm-up pass
+    def _apply_parameters(self, params) -> None:
+        """Accepted values take effect: localizer options on the running pipeline at once."""
+        changes = {p.name: PARAMETERS[p.name].check(p.value) for p in params
+                   if p.name in PARAMETERS}
+        self._p.update(changes)
+        if self._declaring or not any(name in LOCALIZER for name in changes):
+            return
+        config = localizer_config(**self._localizer_options())
+        with self._pipeline_lock:
+            if self._pipeline is not None and hasattr(self._pipeline, "configure"):
+                self._pipeline.configure(config)
+        self.get_logger().info("localizer options set: " + ", ".join(
+            f"{name}={value!r}" for name, value in changes.items() if name in LOCALIZER))
 
-        services = ReentrantCallbackGroup()
-        self.create_service(Trigger, "~/reload_map", self._on_reload, callback_group=services)
-        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
-        self.create_service(Trigger, "~/trigger_localization", self._on_trigger,
-                            callback_group=services)
-        qos = self._image_qos()
-        inputs = MutuallyExclusiveCallbackGroup()
-        if self._p["use_camera_info"]:
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos,
-                                     callback_group=inputs)
-        else:
-            self._camera_from_parameters()
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose,
-                                 10, callback_group=inputs)
-        if self._p["use_compressed"]:  # image_transport naming: <image topic>/compressed
-            self._image_topic = self.resolve_topic_name("image") + "/compressed"
-            self.create_subscription(CompressedImage, self._image_topic, self._on_image, qos,
-                                     callback_group=inputs)
-        else:
-            self._image_topic = self.resolve_topic_name("image")
-            self.create_subscription(Image, "image", self._on_image, qos, callback_group=inputs)
-        period = self._p["diagnostics_period_s"]
-        if period > 0:
-            self.create_timer(period, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._worker_loop, name="s2dhm_worker",
-                                        daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"ready: {self._image_topic} "
-            f"(qos {self._p['image_qos']}), device {self._device}, "
-            f"decoder {conv.image_backend()}, map {'loaded' if self._pipeline else 'NOT loaded'}")
-
-    # ------------------------------------------------------------------ setup
-
-    def _read_parameters(self) -> dict:
-        return {name: self.get_parameter(name).value for name in PARAMETERS}
+    def _localizer_options(self) -> dict:
+        """The localizer options of the parameters (0 image_size: the map's)."""
+        return localizer_values(self._p)
 
     def _image_qos(self) -> QoSProfile:
-        choice = self._p["image_qos"]
-        profiles = {"sensor_data": qos_profile_sensor_data,
-                    "reliable": QoSProfile(depth=5),
+        """The chosen profile with history depth 1: an unread frame is replaced by a newer one."""
+        profiles = {"sensor_data": qos_profile_sensor_data, "reliable": QoSProfile(depth=1),
                     "system_default": qos_profile_system_default}
-        if choice not in profiles:
-            self.get_logger().error(f"parameter image_qos={choice!r} is not one of "
-                                    f"{sorted(profiles)}; using sensor_data")
-            choice = "sensor_data"
-        return profiles[choice]
+        qos = profiles[self._p["image_qos"]]
+        return QoSProfile(history=qos.history, depth=1, reliability=qos.reliability,
+                          durability=qos.durability)
 
     def _configure_frames(self) -> None:
         """Pose of the published frame in the camera (None: the camera itself)."""
+        self._frame_in_camera = None
         if not self._p["base_frame"]:
             return
         try:
@@ -250,42 +251,48 @@ class LocalizerNode(Node):
             self._camera_problem = f"camera_* parameters: {exc}"
             self.get_logger().error(self._camera_problem)
 
-    def _localizer_config(self) -> dict:
-        config = {"top_k": int(self._p["top_k"]), "refine_enabled": bool(self._p["refine_enabled"]),
-                  "use_ratio_test": bool(self._p["use_ratio_test"]),
-                  "pnp_threshold_px": float(self._p["pnp_threshold_px"]),
-                  "min_confidence": float(self._p["min_confidence"])}
-        if self._p["image_size"] > 0:
-            config["image_size"] = int(self._p["image_size"])
-        return config
+    # ------------------------------------------------------------------ map
 
     def reload_map(self) -> tuple[bool, str]:
         """(Re)load map + weights from the current parameters; keeps the old pipeline on error."""
-        self._p = self._read_parameters()
-        if not self._p["map_dir"]:
-            self._map_error = "map_dir is not set"
-            self.get_logger().error("parameter map_dir is empty: no map loaded; set it and call "
-                                    "~/reload_map")
-            return False, self._map_error
+        requested = self._p["map_dir"]
+        if not requested:
+            error = "parameter map_dir is empty: no map loaded; set it and call ~/reload_map"
+            return self._reload_failed(error)
         start = time.perf_counter()
         try:
             device = resolve_device(self._p["device"])
-            pipeline = PIPELINE_FACTORY(self._p["map_dir"], self._p["weights"], device,
-                                        self._localizer_config())
+            pipeline = PIPELINE_FACTORY(requested, self._p["weights"], device,
+                                        self._localizer_options())
         except (S2DHMError, OSError, ValueError, RuntimeError) as exc:
-            self._map_error = f"cannot load map {self._p['map_dir']!r}: {exc}"
-            self.get_logger().error(self._map_error)
-            return False, self._map_error
+            return self._reload_failed(f"cannot load map {requested!r}: {exc}")
         if self._p["warmup"]:
             self._warm_up(pipeline)
         with self._pipeline_lock:
-            self._pipeline, self._device, self._map_error = pipeline, device, None
+            self._pipeline, self._device = pipeline, device
+            self._map_in_use, self._map_error, self._reload_error = requested, None, None
+        with self._cond:
             self._tracking_center = None
-        message = (f"map {self._p['map_dir']!r} loaded on {device} in "
-                   f"{time.perf_counter() - start:.1f} s")
+        message = f"map {requested!r} loaded on {device} in {time.perf_counter() - start:.1f} s"
         self.get_logger().info(message)
         self._set_status(DiagnosticStatus.OK, message, {})
         return True, message
+
+    def _reload_failed(self, error: str) -> tuple[bool, str]:
+        """ERROR on /diagnostics naming the map still in use (if any) until a reload succeeds."""
+        if self._pipeline is None:
+            self._map_error = error
+        else:
+            error += f"; still serving map {self._map_in_use!r}"
+        self._reload_error = error
+        self.get_logger().error(error)
+        self._set_status(DiagnosticStatus.ERROR, error, {})
+        return False, error
+
+    def _release_pipeline(self) -> None:
+        with self._pipeline_lock:
+            self._pipeline, self._map_in_use = None, None
+            self._map_error = "released (cleanup)"
 
     def _warm_up(self, pipeline) -> None:
         """One dummy query so lazy initialisation (cuDNN, allocators) is not paid by frame 1."""
@@ -297,6 +304,95 @@ class LocalizerNode(Node):
             pipeline.localize(np.full((height, width, 3), 127, np.uint8), camera, None, None)
         except Exception as exc:  # a warm-up failure is not fatal
             self.get_logger().warning(f"warm-up pass failed: {exc}")
+
+    # ------------------------------------------------------------------ interfaces
+
+    def _create_interfaces(self, pose_publisher) -> None:
+        """Publishers, services, subscriptions, the heartbeat and the worker thread."""
+        self._stop.clear()
+        self._configure_frames()
+        self._pose_pub = pose_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._debug_pub = (self.create_publisher(Image, "~/debug/matches", 1)
+                           if self._p["publish_debug_image"] else None)
+        self._tf = _tf_broadcaster_or_none(self) if self._p["publish_tf"] else None
+        if self._p["publish_tf"] and self._tf is None:
+            self.get_logger().info("tf2_ros is not importable: TF broadcasting is off "
+                                   "(the pose is still published on ~/pose)")
+        services = ReentrantCallbackGroup()
+        made = [self._pose_pub, self._diag_pub, self._debug_pub]
+        made += [self.create_service(Trigger, "~/reload_map", self._on_reload,
+                                     callback_group=services),
+                 self.create_service(Trigger, "~/reset", self._on_reset, callback_group=services),
+                 self.create_service(Trigger, "~/trigger_localization", self._on_trigger,
+                                     callback_group=services)]
+        qos = self._image_qos()
+        inputs = MutuallyExclusiveCallbackGroup()
+        if self._p["use_camera_info"]:
+            made.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                                 qos, callback_group=inputs))
+        else:
+            self._camera_from_parameters()
+        made.append(self.create_subscription(PoseWithCovarianceStamped, "initialpose",
+                                             self._on_initialpose, 10, callback_group=inputs))
+        if self._p["use_compressed"]:  # image_transport naming: <image topic>/compressed
+            self._image_topic = self.resolve_topic_name("image") + "/compressed"
+            made.append(self.create_subscription(CompressedImage, self._image_topic,
+                                                 self._on_image, qos, callback_group=inputs))
+        else:
+            self._image_topic = self.resolve_topic_name("image")
+            made.append(self.create_subscription(Image, "image", self._on_image, qos,
+                                                 callback_group=inputs))
+        period = self._p["diagnostics_period_s"]
+        if period > 0:
+            made.append(self.create_timer(period, self._publish_diagnostics))
+        self._interfaces = [m for m in made if m is not None]
+        self._worker = threading.Thread(target=self._worker_loop, name="s2dhm_worker",
+                                        daemon=True)
+        self._worker.start()
+
+    def _destroy_interfaces(self) -> None:
+        """Stop the worker and destroy what :meth:`_create_interfaces` made."""
+        self._stop.set()
+        with self._cond:
+            self._pending = None
+            self._cond.notify_all()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=30.0)
+        self._worker = None
+        for entity in self._interfaces:
+            self._destroy_entity(entity)
+        self._interfaces = []
+        self._tf = self._debug_pub = self._pose_pub = self._diag_pub = None
+
+    def _destroy_entity(self, entity) -> None:
+        """Destroy through the node, which also forgets it (the executor must not wait on it)."""
+        from rclpy.publisher import Publisher  # noqa: PLC0415
+        from rclpy.service import Service  # noqa: PLC0415
+        from rclpy.subscription import Subscription  # noqa: PLC0415
+        from rclpy.timer import Timer  # noqa: PLC0415
+
+        if isinstance(entity, Timer):
+            self.destroy_timer(entity)
+        elif isinstance(entity, Subscription):
+            self.destroy_subscription(entity)
+        elif isinstance(entity, Service):
+            self.destroy_service(entity)
+        elif isinstance(entity, Publisher):
+            if hasattr(self, "destroy_lifecycle_publisher") and hasattr(entity, "on_activate"):
+                self.destroy_lifecycle_publisher(entity)
+            else:
+                self.destroy_publisher(entity)
+
+    def _log_ready(self) -> None:
+        self.get_logger().info(
+            f"ready: {self._image_topic} (qos {self._p['image_qos']}, depth 1), device "
+            f"{self._device}, decoder {conv.image_backend()}, map "
+            f"{repr(self._map_in_use) if self._pipeline else 'NOT loaded'}")
+
+    def _log_counts(self) -> None:
+        self.get_logger().info("frames: " + ", ".join(
+            f"{name} {value}" for name, value in vars(self._stats).items()))
 
     # ------------------------------------------------------------------ callbacks
 
@@ -310,11 +406,16 @@ class LocalizerNode(Node):
             self._camera_problem = f"invalid CameraInfo: {exc}"
 
     def _on_image(self, msg) -> None:
+        if not self._active:
+            return
+        now = time.monotonic()
         with self._cond:
             self._stats.frames_received += 1
+            self._stats.frames_lost += self._rates.on_receive(
+                now, conv.stamp_to_ns(msg.header.stamp))
             if self._pending is not None and (self._p["continuous"] or self._armed):
                 self._stats.frames_dropped += 1
-            self._pending = _Frame(msg, time.monotonic())
+            self._pending = _Frame(msg, now)
             self._cond.notify()
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
@@ -327,8 +428,9 @@ class LocalizerNode(Node):
         except ValueError as exc:
             self.get_logger().warning(f"initialpose ignored: {exc}")
             return
-        self._initial_center = pose.center
-        self._tracking_center = None
+        with self._cond:
+            self._initial_center = pose.center
+            self._tracking_center = None
         self.get_logger().info(f"retrieval prior: within {self._p['prior_radius_m']} m of "
                                f"{np.round(pose.center, 2).tolist()}")
 
@@ -337,8 +439,9 @@ class LocalizerNode(Node):
         return response
 
     def _on_reset(self, _request, response):
-        self._tracking_center = None
-        self._initial_center = None
+        with self._cond:
+            self._tracking_center = None
+            self._initial_center = None
         response.success, response.message = True, "tracking and initialpose priors cleared"
         return response
 
@@ -383,31 +486,42 @@ class LocalizerNode(Node):
 
     def _prior(self):
         """(center, radius, source) for the next query."""
-        if self._p["tracking_enabled"] and self._tracking_center is not None:
-            return self._tracking_center, self._p["tracking_radius_m"], "tracking"
-        if self._initial_center is not None:
-            return self._initial_center, self._p["prior_radius_m"], "initialpose"
+        with self._cond:
+            if self._p["tracking_enabled"] and self._tracking_center is not None:
+                return self._tracking_center, self._p["tracking_radius_m"], "tracking"
+            if self._initial_center is not None:
+                return self._initial_center, self._p["prior_radius_m"], "initialpose"
         return None, None, "retrieval"
 
     def _problem(self, message: str, counter: str, values: dict) -> None:
         """WARN diagnostic + log line (repeats of the same message logged every 5 s)."""
-        setattr(self._stats, counter, getattr(self._stats, counter) + 1)
+        with self._cond:
+            setattr(self._stats, counter, getattr(self._stats, counter) + 1)
         now = time.monotonic()
         if message != self._last_log[0] or now - self._last_log[1] > 5.0:
             self.get_logger().warning(message)
             self._last_log = (message, now)
         self._set_status(DiagnosticStatus.WARN, message, values)
 
-    def _process(self, frame: _Frame) -> None:
-        msg = frame.msg
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+    def _stamp_problem(self, stamp_ns: int) -> str | None:
+        """Why a frame's header stamp makes it unusable (None: usable)."""
+        if stamp_ns <= 0:
+            return (f"frame skipped: header stamp is {'zero' if stamp_ns == 0 else 'negative'} "
+                    f"({stamp_ns} ns); the camera driver must stamp its images")
         max_age = self._p["max_image_age_s"]
         if max_age > 0:
             age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
             if age > max_age:
-                self._problem(f"frame skipped: image is {age:.2f} s old (max_image_age_s="
-                              f"{max_age})", "frames_stale", {})
-                return
+                return f"frame skipped: image is {age:.2f} s old (max_image_age_s={max_age})"
+        return None
+
+    def _process(self, frame: _Frame) -> None:
+        msg = frame.msg
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        problem = self._stamp_problem(stamp_ns)
+        if problem is not None:
+            self._problem(problem, "frames_stale", {})
+            return
         if self._p["use_camera_info"] and not self._camera_received.is_set():
             self._camera_received.wait(self._p["camera_info_wait_s"])
         camera = self._camera
@@ -428,6 +542,7 @@ class LocalizerNode(Node):
             center, radius, source = self._prior()
             try:
                 features = pipeline.features(image, camera)  # the one backbone pass
+                self._stats.backbone_passes += 1
                 result = pipeline.localize_features(features, center, radius)
                 if not result.success and source == "tracking":
                     source = "retrieval (tracking prior failed)"
@@ -435,15 +550,20 @@ class LocalizerNode(Node):
             except S2DHMError as exc:
                 self._problem(f"bad input: {exc}", "frames_bad_input", {})
                 return
-        self._stats.frames_processed += 1
+        with self._cond:
+            self._stats.frames_processed += 1
+            self._rates.on_processed(time.monotonic())
         published = self._publish_result(msg, result, image, camera)
         values = self._result_values(result, source, frame, stamp_ns, published)
+        with self._cond:
+            if result.success:
+                self._tracking_center = result.pose.center
+                self._initial_center = None
+            else:
+                self._tracking_center = None
         if result.success:
-            self._tracking_center = result.pose.center
-            self._initial_center = None
             self._set_status(DiagnosticStatus.OK, "localized", values)
         else:
-            self._tracking_center = None
             self._problem(f"localization failed: {result.failure_reason}",
                           "localization_failures", values)
 
@@ -466,7 +586,9 @@ class LocalizerNode(Node):
         out = conv.to_pose_with_covariance_stamped(pose, covariance, msg.header.stamp, frame_id,
                                                    self._frame_in_camera)
         self._pose_pub.publish(out)
-        self._stats.poses_published += 1
+        with self._cond:
+            self._stats.poses_published += 1
+            self._last_pose_time = time.monotonic()
         if self._tf is not None:
             child = (self._p["base_frame"] if self._frame_in_camera is not None
                      else self._p["camera_frame"] or msg.header.frame_id)
@@ -506,37 +628,109 @@ class LocalizerNode(Node):
         self._publish_diagnostics()
 
     def _publish_diagnostics(self) -> None:
-        if not self.context.ok():
+        if self._diag_pub is None or not self.context.ok():
             return
         level, message, values = self._status
         if self._pipeline is None:
             level, message = DiagnosticStatus.ERROR, f"no map loaded: {self._map_error}"
+        elif self._reload_error is not None:  # the requested map is not the one serving
+            level = DiagnosticStatus.ERROR
+            message = f"{message}; {self._reload_error}" if message != self._reload_error \
+                else message
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: localization",
                                   message=message, hardware_id=self._device)
-        summary = dataclasses.asdict(self._stats)
-        summary.update({"map_loaded": str(self._pipeline is not None),
-                        "map_dir": str(self._p["map_dir"]), "device": self._device,
-                        "camera": "ok" if self._camera is not None else str(self._camera_problem),
-                        "image_decoder": conv.image_backend()})
+        now = time.monotonic()
+        with self._cond:
+            summary = dataclasses.asdict(self._stats)
+            receive_hz, processed_hz = self._rates.hz(now)
+            last_pose = self._last_pose_time
+        summary.update({
+            "receive_rate_hz": f"{receive_hz:.2f}", "processed_rate_hz": f"{processed_hz:.2f}",
+            "last_pose_age_s": "never" if last_pose is None else f"{now - last_pose:.2f}",
+            "active": str(self._active),
+            "map_loaded": str(self._pipeline is not None),
+            "map_in_use": str(self._map_in_use or "none"),
+            "map_dir": str(self._p["map_dir"]), "device": self._device,
+            "reload_error": str(self._reload_error or "none"),
+            "camera": "ok" if self._camera is not None else str(self._camera_problem),
+            "image_decoder": conv.image_backend()})
         summary.update(values)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in summary.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
+        if self.context.ok():
+            self._diag_pub.publish(array)
 
-    # ------------------------------------------------------------------ lifecycle
+
+class LocalizerNode(_LocalizerBehaviour, Node):
+    """The plain ``s2dhm_localizer`` node: loads the map at start-up and runs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_localizer()
+        self._create_interfaces(self.create_publisher)
+        self.reload_map()  # loads map + weights once, with a warm-up pass
+        self._active = True
+        self._log_ready()
 
     def destroy_node(self):
-        self._stop.set()
+        if getattr(self, "_stats", None) is not None:
+            self._destroy_interfaces()
+            self._log_counts()
+        return super().destroy_node()
+
+
+class LifecycleLocalizerNode(_LocalizerBehaviour, LifecycleNode):
+    """The managed ``s2dhm_localizer`` node (see the module doc for the transitions)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_localizer()
+        self._status = (DiagnosticStatus.WARN, "unconfigured", {})
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        ok, message = self.reload_map()
+        if not ok:
+            self.get_logger().error(f"configure failed: {message}")
+            return TransitionCallbackReturn.FAILURE
+        self._create_interfaces(self.create_lifecycle_publisher)
+        self._set_status(DiagnosticStatus.OK, f"configured (inactive): {message}", {})
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self._active = True
+        result = super().on_activate(state)
+        self._log_ready()
+        self._set_status(DiagnosticStatus.OK, "active", {})
+        return result
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._active = False
         with self._cond:
-            self._cond.notify_all()
-        worker = getattr(self, "_worker", None)
-        if worker is not None and worker.is_alive():
-            worker.join(timeout=30.0)
-        stats = getattr(self, "_stats", None)
-        if stats is not None:
-            self.get_logger().info("frames: " + ", ".join(
-                f"{name} {value}" for name, value in vars(stats).items()))
+            self._pending = None
+        with self._pipeline_lock:  # let the frame in flight finish
+            pass
+        self._set_status(DiagnosticStatus.OK, "inactive", {})
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._active = False
+        self._destroy_interfaces()
+        self._release_pipeline()
+        self.get_logger().info("cleaned up: pipeline and interfaces released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._active = False
+        self._destroy_interfaces()
+        self._release_pipeline()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self):
+        if getattr(self, "_stats", None) is not None:
+            self._active = False
+            self._destroy_interfaces()
+            self._log_counts()
         return super().destroy_node()
 
 
@@ -560,15 +754,19 @@ def draw_matches(image: np.ndarray, result, camera) -> np.ndarray:
     return canvas
 
 
-def main(args=None) -> None:
-    """Console script ``localizer_node``."""
-    rclpy.init(args=args)
+def _spin(node_class, args) -> int:
+    """Run one node until SIGINT/SIGTERM; 1 (with the reason, no traceback) on bad parameters."""
+    init_ros(args=args)
     node = executor = None
+    code = 0
     try:
-        node = LocalizerNode()
+        node = node_class()
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
+    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameter: {exc}")
+        code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -577,6 +775,19 @@ def main(args=None) -> None:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    return code
+
+
+def main(args=None) -> None:
+    """Console script ``localizer_node``."""
+    raise SystemExit(_spin(LocalizerNode, args))
+
+
+def lifecycle_main(args=None) -> None:
+    """Console script ``lifecycle_localizer_node`` (configure/activate it, e.g. with nav2's
+    lifecycle manager)."""
+    raise SystemExit(_spin(LifecycleLocalizerNode, args))
+
 
 if __name__ == "__main__":
     main()
