@@ -2,13 +2,15 @@
 
     play_bag BAG [--rate R] [--loop] [--start-offset S] [--remap old:=new ...]
              [--topics t1 t2 ...] [--qos topic=best_effort ...] [--clock [HZ]]
-             [--wait-for-subscribers N] [--wait-timeout S] [--delay S]
+             [--wait-for-subscribers N] [--wait-timeout S] [--delay S] [--no-check]
 
 Messages are published as recorded (CDR bytes unchanged) with the recorded timing scaled
 by --rate (0 = as fast as possible). /tf_static and topics recorded transient-local are
 published transient-local. Topics whose message package is not importable here (e.g.
 tf2_msgs without a ROS install) are skipped with a log line. --clock publishes
-rosgraph_msgs/Clock with the bag time (for nodes run with use_sim_time).
+rosgraph_msgs/Clock with the bag time (for nodes run with use_sim_time). Before playing,
+the bag is checked (mcap: every chunk's CRC; sqlite3 has none: SQLite's integrity_check) and a
+corrupt bag is not played: the error names each corrupt chunk and its message time range.
 Set ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE as for any ROS 2 process.
 """
 from __future__ import annotations
@@ -45,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait-timeout", type=float, default=10.0, help="seconds, for --wait-for-subscribers")
     p.add_argument("--delay", type=float, default=0.0,
                    help="seconds to wait before the first message (after --wait-for-subscribers)")
+    p.add_argument("--no-check", action="store_true",
+                   help="play without checking the bag first (mcap CRCs / sqlite3 integrity_check)")
     p.add_argument("--node-name", default="s2dhm_bag_player")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -75,6 +79,18 @@ def main(argv=None) -> int:
     except S2DHMError as exc:
         log.error("%s", exc)
         return 1
+    if not args.no_check:
+        from ros2_s2dhm.ros.bag_check import check_bag  # noqa: PLC0415
+
+        try:
+            report = check_bag(args.bag)
+        except S2DHMError as exc:
+            log.error("%s", exc)
+            return 1
+        if not report.ok:
+            log.error("%s\nnot played (--no-check plays it anyway)", report.summary())
+            return 1
+        (log.warning if report.chunks_without_crc else log.info)("%s", report.summary())
     context = rclpy.Context()
     init_ros(context=context)
     node = rclpy.create_node(args.node_name, context=context)

@@ -143,6 +143,36 @@ def test_play_bag_cli(bag, ros_env, capsys):
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
 
 
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_corrupt_bag_is_reported_and_not_played(tmp_path, storage, ros_env, caplog):
+    from ros2_s2dhm.ros.bag_check import check_bag
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for stamp in STAMPS_US:  # noise: large JPEGs, so the corruption lands in message data
+        cv2.imwrite(str(folder / f"{stamp}.jpg"), rng.integers(0, 255, (240, 320, 3), np.uint8))
+    config = BagConfig(storage=storage, image_topic=IMAGE_TOPIC, camera_info_topic=INFO_TOPIC)
+    write_image_folder_bag(tmp_path / "bag", list_timestamped_images(folder), config,
+                           Camera.from_pinhole(40, 40, 159.5, 119.5, 320, 240))
+    report = check_bag(tmp_path / "bag")
+    assert report.ok, report.summary()
+    assert ("CRC" if storage == "mcap" else "integrity_check") in report.summary()
+    assert report.chunks_without_crc == 0  # the writer stamps chunk CRCs as ros2 bag record does
+    (storage_file,) = [p for p in (tmp_path / "bag").iterdir() if p.suffix in (".mcap", ".db3")]
+    data = bytearray(storage_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 20_000] = bytes(20_000) if storage == "mcap" else b"\xff" * 20_000
+    storage_file.write_bytes(bytes(data))
+    report = check_bag(tmp_path / "bag")
+    assert not report.ok, report.summary()
+    assert storage_file.name in report.problems[0]
+    if storage == "mcap":
+        assert "chunk" in report.problems[0] and "ns" in report.problems[0], report.problems
+    assert play_bag.main([str(tmp_path / "bag"), "--rate", "0"]) == 1
+    assert "CORRUPT" in caplog.text and "not played" in caplog.text
+
+
 def test_qos_choice(bag):
     from rclpy.qos import DurabilityPolicy
 

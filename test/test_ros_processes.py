@@ -37,6 +37,7 @@ from ros2_s2dhm.datasets.robotcar import load_robotcar_seasons  # noqa: E402
 from ros2_s2dhm.datasets.synthetic import generate_synthetic  # noqa: E402
 from ros2_s2dhm.features.checkpoints import load_network  # noqa: E402
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map  # noqa: E402
+from ros2_s2dhm.ros.conversions import camera_to_camera_info  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,11 +139,7 @@ class Client:
 
     def send(self, image: np.ndarray, camera, stamp_ns: int):
         """One frame: CameraInfo then the image, both stamped stamp_ns."""
-        info = CameraInfo()
-        info.width, info.height = camera.width, camera.height
-        fx, fy, cx, cy = camera.params[:4]
-        info.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
-        info.distortion_model, info.d = "plumb_bob", [0.0] * 5
+        info = camera_to_camera_info(camera)
         msg = Image()
         msg.header.frame_id = info.header.frame_id = "camera"
         for m in (info, msg):

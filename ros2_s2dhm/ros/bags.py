@@ -47,6 +47,7 @@ from ros2_s2dhm.datasets.base import image_size
 from ros2_s2dhm.datasets.robotcar import camera_from_intrinsics, read_intrinsics
 from ros2_s2dhm.datasets.robotcar_raw import TimedImage
 from ros2_s2dhm.errors import BagError, DatasetError
+from ros2_s2dhm.ros.bag_check import add_chunk_crcs
 from ros2_s2dhm.geometry.camera import Camera
 from ros2_s2dhm.geometry.rotation import matrix_to_quat_wxyz, wxyz_to_xyzw
 
@@ -152,6 +153,8 @@ class BagWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._writer.close()
+            for storage in self.path.glob("*.mcap"):  # CRCs, as ros2 bag record writes them
+                add_chunk_crcs(storage)
         else:
             self._writer.abort()
             shutil.rmtree(self.path, ignore_errors=True)

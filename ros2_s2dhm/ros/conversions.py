@@ -261,6 +261,23 @@ def camera_info_to_camera(msg, use_rectified: bool = False) -> Camera:
                   params=np.array([fx, fy, cx, cy, *k], dtype=np.float64))
 
 
+def camera_to_camera_info(camera: Camera, stamp=None, frame_id: str = ""):
+    """sensor_msgs/CameraInfo of ``camera`` (``plumb_bob``, D = k1, k2, p1, p2, 0; P = [K | 0])."""
+    from sensor_msgs.msg import CameraInfo  # noqa: PLC0415
+
+    K = camera.K
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    msg = CameraInfo(width=camera.width, height=camera.height, distortion_model="plumb_bob",
+                     d=[float(v) for v in camera.dist_coeffs] + [0.0],
+                     k=[float(v) for v in K.reshape(-1)], r=[float(v) for v in np.eye(3).reshape(-1)],
+                     p=[float(v) for v in P.reshape(-1)])
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
 def camera_from_parameters(model: str, width: int, height: int, params) -> Camera:
     """Camera from node parameters (COLMAP model name and params, OpenCV pixel convention)."""
     params = np.asarray(list(params), dtype=np.float64)

@@ -1,0 +1,279 @@
+"""Soak benchmark of the node: images at a fixed rate for minutes, latency and memory measured.
+
+    soak --dataset SET --map MAP [--rate 30] [--duration 300] [--weights W] [--device D]
+         [--condition C] [--qos sensor_data|reliable] [--out soak.json] [-p name:=value ...]
+
+Starts ``localizer_node`` as its own process on a random ROS domain (loopback discovery), then
+publishes the dataset's query images (raw ``rgb8`` Image + CameraInfo, stamped with the send
+time) at ``--rate`` Hz for ``--duration`` seconds, cycling through them. Measured:
+
+* latency: image publish -> pose received, for every frame that got a pose (the pose carries
+  the image's stamp), median / p90 / max;
+* the node's own pipeline time per processed frame (``latency_total_ms`` on /diagnostics),
+  median: the bound the latency is judged against (p90 <= 1.5x, max <= 2.5x);
+* what happened to the frames: sent, received by the node, lost before its callback, dropped
+  in its slot, processed, poses (from its /diagnostics counters);
+* the node's resident memory (``/proc/PID/status`` VmRSS, Linux) every second: the last
+  minute's maximum against the first minute's (flat: within 10 %).
+
+Prints a table and writes JSON (``--out``). Stops the node with SIGINT at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ros2_s2dhm.datasets import load_dataset, read_image
+from ros2_s2dhm.errors import S2DHMError
+
+log = logging.getLogger("soak")
+NODE = "/s2dhm_localizer"
+LATENCY_P90_BOUND = 1.5
+LATENCY_MAX_BOUND = 2.5
+RSS_GROWTH_BOUND = 0.10
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--dataset", type=Path, required=True, help="dataset whose queries are sent")
+    p.add_argument("--map", type=Path, required=True, help="its reference map")
+    p.add_argument("--condition", default=None, help="only queries of this condition")
+    p.add_argument("--rate", type=float, default=30.0, help="images per second (default 30)")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of sending (default 300)")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"),
+                   help="image QoS of the node and of the sender (default sensor_data)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="more node parameters")
+    p.add_argument("--images", type=int, default=20, help="distinct images cycled (default 20)")
+    p.add_argument("--out", type=Path, default=Path("soak.json"))
+    return p.parse_args(argv)
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (Linux /proc), None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def percentile(values, q) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def summarize(latencies_s, pipeline_ms, rss, counters, sent, duration_s) -> dict:
+    """The report: latency against the node's median pipeline time, RSS first vs last minute."""
+    pipeline_s = float(np.median(pipeline_ms)) / 1e3 if len(pipeline_ms) else None
+    lat = np.asarray(latencies_s, float)
+    out = {"sent": sent, "duration_s": duration_s, "poses": int(lat.size),
+           "latency_median_s": percentile(lat, 50), "latency_p90_s": percentile(lat, 90),
+           "latency_max_s": float(lat.max()) if lat.size else None,
+           "pipeline_median_s": pipeline_s, "node_counters": counters}
+    if pipeline_s and lat.size:
+        out["latency_p90_over_pipeline"] = out["latency_p90_s"] / pipeline_s
+        out["latency_max_over_pipeline"] = out["latency_max_s"] / pipeline_s
+    times = np.array([t for t, _ in rss])
+    mem = np.array([m for _, m in rss])
+    if times.size:
+        first = mem[times <= times[0] + 60.0]
+        last = mem[times >= times[-1] - 60.0]
+        out.update({"rss_first_minute_max_mb": float(first.max()),
+                    "rss_last_minute_max_mb": float(last.max()),
+                    "rss_growth": float(last.max() / first.max() - 1.0)})
+    out["verdict"] = {
+        "latency_p90": (out.get("latency_p90_over_pipeline") is not None
+                        and out["latency_p90_over_pipeline"] <= LATENCY_P90_BOUND),
+        "latency_max": (out.get("latency_max_over_pipeline") is not None
+                        and out["latency_max_over_pipeline"] <= LATENCY_MAX_BOUND),
+        "rss_flat": out.get("rss_growth") is not None and out["rss_growth"] <= RSS_GROWTH_BOUND}
+    return out
+
+
+def format_report(r: dict) -> str:
+    def f(v, unit="", scale=1.0):
+        return "n/a" if v is None else f"{v * scale:.2f}{unit}"
+    c = r["node_counters"]
+    lines = [
+        f"sent {r['sent']} images in {r['duration_s']:.0f} s; node: received "
+        f"{c.get('frames_received', '?')}, lost before callback {c.get('frames_lost', '?')}, "
+        f"dropped in slot {c.get('frames_dropped', '?')}, processed {c.get('frames_processed', '?')}"
+        f", poses published {c.get('poses_published', '?')}; poses received {r['poses']}",
+        f"node pipeline time (median): {f(r['pipeline_median_s'], ' s')}",
+        f"publish -> pose latency: median {f(r['latency_median_s'], ' s')}, p90 "
+        f"{f(r['latency_p90_s'], ' s')} ({f(r.get('latency_p90_over_pipeline'), 'x')} the pipeline; "
+        f"bound {LATENCY_P90_BOUND}x), max {f(r['latency_max_s'], ' s')} "
+        f"({f(r.get('latency_max_over_pipeline'), 'x')}; bound {LATENCY_MAX_BOUND}x)",
+        f"node RSS: first minute max {f(r.get('rss_first_minute_max_mb'), ' MB')}, last minute max "
+        f"{f(r.get('rss_last_minute_max_mb'), ' MB')} ({f(r.get('rss_growth'), ' %', 100)}; bound "
+        f"{RSS_GROWTH_BOUND * 100:.0f} %)",
+        "verdict: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in r["verdict"].items())]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import rclpy  # noqa: PLC0415
+    from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
+    from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: PLC0415
+    from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: PLC0415
+    from sensor_msgs.msg import CameraInfo, Image  # noqa: PLC0415
+
+    from ros2_s2dhm.ros.conversions import camera_to_camera_info  # noqa: PLC0415
+
+    try:
+        dataset = load_dataset(args.dataset)
+    except S2DHMError as exc:
+        log.error("%s", exc)
+        return 1
+    queries = [q for q in dataset.queries if args.condition in (None, q.condition)]
+    if not queries:
+        log.error("no queries%s in %s", f" of condition {args.condition!r}" if args.condition
+                  else "", args.dataset)
+        return 1
+    picked = [queries[i] for i in np.linspace(0, len(queries) - 1, min(args.images, len(queries)),
+                                              dtype=int)]
+    domain = random.randint(101, 230)
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain),
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "ros2_s2dhm.ros.localizer_node", "--ros-args",
+           "-p", f"map_dir:={args.map}", "-p", f"weights:={args.weights}",
+           "-p", f"device:={args.device}", "-p", f"image_qos:={args.qos}",
+           "-p", "tracking_enabled:=false"]
+    for extra in args.param:
+        cmd += ["-p", extra]
+    node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node_lines: list[str] = []
+    ready = threading.Event()
+
+    def read_node():
+        for line in node.stdout:
+            node_lines.append(line)
+            if "ready:" in line:
+                ready.set()
+    threading.Thread(target=read_node, daemon=True).start()
+
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    client = rclpy.create_node("s2dhm_soak", context=context)
+    qos = (qos_profile_sensor_data if args.qos == "sensor_data"
+           else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    image_pub = client.create_publisher(Image, "image", qos)
+    info_pub = client.create_publisher(CameraInfo, "camera_info", qos)
+    sent_at: dict[int, float] = {}
+    latencies, pipeline_ms, rss = [], [], []
+    counters: dict = {}
+    lock = threading.Lock()
+
+    def on_pose(msg):
+        now = time.monotonic()
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with lock:
+            if stamp in sent_at:
+                latencies.append(now - sent_at[stamp])
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if not status.name.startswith("s2dhm_localizer"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            with lock:
+                counters.update({k: int(v) for k, v in values.items()
+                                 if k.startswith(("frames_", "poses_", "localization_"))})
+                total = values.get("latency_total_ms")
+                frame = values.get("frames_processed")
+                if total is not None and frame != counters.get("_last_timed"):
+                    pipeline_ms.append(float(total))
+                    counters["_last_timed"] = frame
+
+    client.create_subscription(PoseWithCovarianceStamped, f"{NODE}/pose", on_pose, 100)
+    client.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 100)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(client)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+
+    messages = []
+    for q in picked:
+        image = read_image(q.path)
+        msg = Image(width=q.camera.width, height=q.camera.height, encoding="rgb8",
+                    step=q.camera.width * 3)
+        msg.header.frame_id = "camera"
+        msg.data = image.tobytes()
+        messages.append((msg, camera_to_camera_info(q.camera, frame_id="camera")))
+    sent = 0
+    start = None
+    try:
+        if not ready.wait(300):
+            log.error("the node did not become ready:\n%s", "".join(node_lines[-30:]))
+            return 1
+        while image_pub.get_subscription_count() == 0:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        log.info("sending %d images at %.1f Hz for %.0f s", len(messages), args.rate, args.duration)
+        start = time.monotonic()
+        next_rss = start
+        period = 1.0 / args.rate
+        while (now := time.monotonic()) - start < args.duration:
+            msg, info = messages[sent % len(messages)]
+            stamp = client.get_clock().now().to_msg()
+            msg.header.stamp = info.header.stamp = stamp
+            with lock:
+                sent_at[stamp.sec * 10**9 + stamp.nanosec] = time.monotonic()
+            info_pub.publish(info)
+            image_pub.publish(msg)
+            sent += 1
+            if now >= next_rss:
+                mem = rss_mb(node.pid)
+                if mem is not None:
+                    rss.append((now - start, mem))
+                next_rss += 1.0
+            time.sleep(max(0.0, start + sent * period - time.monotonic()))
+        time.sleep(5.0)  # the frame in flight
+    except KeyboardInterrupt:
+        pass
+    finally:
+        duration = time.monotonic() - start if start is not None else 0.0
+        if node.poll() is None:
+            node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        executor.shutdown()
+        client.destroy_node()
+        rclpy.try_shutdown(context=context)
+    with lock:
+        counters.pop("_last_timed", None)
+        report = summarize(latencies, pipeline_ms, rss, dict(counters), sent, duration)
+    report.update({"rate_hz": args.rate, "map": str(args.map), "dataset": str(args.dataset),
+                   "qos": args.qos, "params": args.param, "rss_mb": rss,
+                   "latencies_s": latencies, "pipeline_ms": pipeline_ms})
+    args.out.write_text(json.dumps(report, indent=1))
+    print(format_report(report))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
