@@ -3,19 +3,30 @@
     ros2 launch ros2_s2dhm localize.launch.py map_dir:=/data/map weights:=/data/s2dhm.pth \
         image_topic:=/camera/image_raw camera_info_topic:=/camera/camera_info
 
-Without ``ros2 launch`` (no launch_ros installed) the same node runs as a console script:
+``lifecycle:=true`` starts the managed node (``lifecycle_localizer_node``) instead, as nav2's
+localization nodes are; with ``autostart:=true`` (default) this file configures it and, once
+configured, activates it; with ``autostart:=false`` a lifecycle manager (e.g. nav2's, listing
+``s2dhm_localizer`` in its ``node_names``) drives it.
+
+Without ``ros2 launch`` (no launch_ros installed) the same nodes run as console scripts:
 
     localizer_node --ros-args --params-file config/localize.yaml -p map_dir:=/data/map \
         -r image:=/camera/image_raw -r camera_info:=/camera/camera_info
+    lifecycle_localizer_node --ros-args ...   # then configure + activate it
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition, UnlessCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 PACKAGE = "ros2_s2dhm"
 
@@ -41,10 +52,14 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="debug, info, warn, error"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="start the managed (lifecycle) node"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="with lifecycle: configure and activate it here"),
     ]
-    node = Node(
+    lifecycle = LaunchConfiguration("lifecycle")
+    common = dict(
         package=PACKAGE,
-        executable="localizer_node",
         name="s2dhm_localizer",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
@@ -64,4 +79,17 @@ def generate_launch_description():
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
-    return LaunchDescription([*arguments, node])
+    node = Node(executable="localizer_node", condition=UnlessCondition(lifecycle), **common)
+    managed = LifecycleNode(executable="lifecycle_localizer_node", condition=IfCondition(lifecycle),
+                            **common)
+    autostart = IfCondition(PythonExpression(["'", lifecycle, "' == 'true' and '",
+                                              LaunchConfiguration("autostart"), "' == 'true'"]))
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(managed),
+                                            transition_id=Transition.TRANSITION_CONFIGURE),
+                          condition=autostart)
+    activate_when_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=managed, goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(managed),
+                                              transition_id=Transition.TRANSITION_ACTIVATE))]),
+        condition=autostart)
+    return LaunchDescription([*arguments, node, managed, activate_when_configured, configure])

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-from ros2_s2dhm.datasets import load_dataset
+from ros2_s2dhm.datasets import FORMATS, load_dataset
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
@@ -14,7 +15,14 @@ from offline_tools.common import add_weights_args, resolve_device, resolve_weigh
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--dataset", required=True, help="dataset root (RobotCar Seasons or CMU slice layout)")
+    p.add_argument("--dataset", required=True,
+                   help="dataset root: a COLMAP layout (sparse/ + images/), RobotCar Seasons or "
+                        "a CMU slice")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="dataset layout (default: chosen by what the folder holds)")
+    p.add_argument("--unit", default=None,
+                   help="unit of length of the dataset's poses (default: the dataset's, 'm' unless "
+                        "its unit.txt says otherwise); distances and thresholds use it")
     p.add_argument("--out", required=True, help="map directory to write")
     add_weights_args(p)
     p.add_argument("--image-size", type=int, default=MapBuildConfig.image_size,
@@ -38,7 +46,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         device = resolve_device(args.device)
-        dataset = load_dataset(args.dataset)
+        dataset = load_dataset(args.dataset, format=args.format)
+        if args.unit is not None:
+            dataset = dataclasses.replace(dataset, unit=args.unit)
         network, info = load_network(resolve_weights(args.weights), device)
         config = MapBuildConfig(image_size=args.image_size, max_keypoints=args.max_keypoints,
                                 grid=args.grid, pca_dim=args.pca_dim,
@@ -53,7 +63,7 @@ def main(argv=None) -> int:
     print(f"map with {len(ref_map)} reference images, {ref_map.num_keypoints} keypoints max "
           f"per image, {ref_map.descriptor_dim}-d int8 descriptors, "
           f"{size / max(1, len(ref_map)) / 1e6:.2f} MB per image, weights {info.kind} "
-          f"{info.sha256[:12]} -> {args.out}")
+          f"{info.sha256[:12]}, unit {ref_map.unit} -> {args.out}")
     return 0
 
 

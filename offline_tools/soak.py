@@ -11,8 +11,11 @@ time) at ``--rate`` Hz for ``--duration`` seconds, cycling through them. Measure
   the image's stamp), median / p90 / max;
 * the node's own pipeline time per processed frame (``latency_total_ms`` on /diagnostics),
   median: the bound the latency is judged against (p90 <= 1.5x, max <= 2.5x);
-* what happened to the frames: sent, received by the node, lost before its callback, dropped
-  in its slot, processed, poses (from its /diagnostics counters);
+* the overhead: each frame's latency minus its own pipeline time (transport, waiting in the
+  slot, decoding, publishing), which is what the node's queueing adds;
+* what happened to the frames: sent, received by the node, lost before its callback (the
+  node's estimate from stamp gaps beside the true count, sent - received), dropped in its
+  slot, processed, poses (from its /diagnostics counters);
 * the node's resident memory (``/proc/PID/status`` VmRSS, Linux) every second: the last
   minute's maximum against the first minute's (flat: within 10 %).
 
@@ -79,14 +82,17 @@ def percentile(values, q) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def summarize(latencies_s, pipeline_ms, rss, counters, sent, duration_s) -> dict:
+def summarize(latencies_s, pipeline_ms, rss, counters, sent, duration_s, overheads_s=()) -> dict:
     """The report: latency against the node's median pipeline time, RSS first vs last minute."""
     pipeline_s = float(np.median(pipeline_ms)) / 1e3 if len(pipeline_ms) else None
     lat = np.asarray(latencies_s, float)
     out = {"sent": sent, "duration_s": duration_s, "poses": int(lat.size),
            "latency_median_s": percentile(lat, 50), "latency_p90_s": percentile(lat, 90),
            "latency_max_s": float(lat.max()) if lat.size else None,
-           "pipeline_median_s": pipeline_s, "node_counters": counters}
+           "pipeline_median_s": pipeline_s, "node_counters": counters,
+           "overhead_median_s": percentile(overheads_s, 50),
+           "overhead_p90_s": percentile(overheads_s, 90),
+           "overhead_max_s": float(np.max(overheads_s)) if len(overheads_s) else None}
     if pipeline_s and lat.size:
         out["latency_p90_over_pipeline"] = out["latency_p90_s"] / pipeline_s
         out["latency_max_over_pipeline"] = out["latency_max_s"] / pipeline_s
@@ -113,7 +119,8 @@ def format_report(r: dict) -> str:
     c = r["node_counters"]
     lines = [
         f"sent {r['sent']} images in {r['duration_s']:.0f} s; node: received "
-        f"{c.get('frames_received', '?')}, lost before callback {c.get('frames_lost', '?')}, "
+        f"{c.get('frames_received', '?')}, lost before callback {c.get('frames_lost', '?')} "
+        f"(true: {r['sent'] - c['frames_received'] if 'frames_received' in c else '?'}), "
         f"dropped in slot {c.get('frames_dropped', '?')}, processed {c.get('frames_processed', '?')}"
         f", poses published {c.get('poses_published', '?')}; poses received {r['poses']}",
         f"node pipeline time (median): {f(r['pipeline_median_s'], ' s')}",
@@ -121,6 +128,9 @@ def format_report(r: dict) -> str:
         f"{f(r['latency_p90_s'], ' s')} ({f(r.get('latency_p90_over_pipeline'), 'x')} the pipeline; "
         f"bound {LATENCY_P90_BOUND}x), max {f(r['latency_max_s'], ' s')} "
         f"({f(r.get('latency_max_over_pipeline'), 'x')}; bound {LATENCY_MAX_BOUND}x)",
+        f"overhead (latency - the frame's own pipeline time): median "
+        f"{f(r['overhead_median_s'], ' s')}, p90 {f(r['overhead_p90_s'], ' s')}, max "
+        f"{f(r['overhead_max_s'], ' s')}",
         f"node RSS: first minute max {f(r.get('rss_first_minute_max_mb'), ' MB')}, last minute max "
         f"{f(r.get('rss_last_minute_max_mb'), ' MB')} ({f(r.get('rss_growth'), ' %', 100)}; bound "
         f"{RSS_GROWTH_BOUND * 100:.0f} %)",
@@ -135,6 +145,7 @@ def main(argv=None) -> int:
     from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
     from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: PLC0415
     from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
+    from rclpy.time import Time  # noqa: PLC0415
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: PLC0415
     from sensor_msgs.msg import CameraInfo, Image  # noqa: PLC0415
 
@@ -182,6 +193,8 @@ def main(argv=None) -> int:
     info_pub = client.create_publisher(CameraInfo, "camera_info", qos)
     sent_at: dict[int, float] = {}
     latencies, pipeline_ms, rss = [], [], []
+    pipeline_of: dict[int, float] = {}  # frame stamp -> its pipeline ms
+    latency_of: dict[int, float] = {}
     counters: dict = {}
     lock = threading.Lock()
 
@@ -191,6 +204,7 @@ def main(argv=None) -> int:
         with lock:
             if stamp in sent_at:
                 latencies.append(now - sent_at[stamp])
+                latency_of[stamp] = latencies[-1]
 
     def on_diagnostics(msg):
         for status in msg.status:
@@ -205,6 +219,8 @@ def main(argv=None) -> int:
                 if total is not None and frame != counters.get("_last_timed"):
                     pipeline_ms.append(float(total))
                     counters["_last_timed"] = frame
+                    if "frame_stamp_ns" in values:
+                        pipeline_of[int(values["frame_stamp_ns"])] = float(total)
 
     client.create_subscription(PoseWithCovarianceStamped, f"{NODE}/pose", on_pose, 100)
     client.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 100)
@@ -232,11 +248,13 @@ def main(argv=None) -> int:
         time.sleep(1.0)
         log.info("sending %d images at %.1f Hz for %.0f s", len(messages), args.rate, args.duration)
         start = time.monotonic()
+        stamp0_ns = client.get_clock().now().nanoseconds
         next_rss = start
         period = 1.0 / args.rate
         while (now := time.monotonic()) - start < args.duration:
             msg, info = messages[sent % len(messages)]
-            stamp = client.get_clock().now().to_msg()
+            # stamped at its scheduled time, as a camera stamps its frames at a fixed rate
+            stamp = Time(nanoseconds=stamp0_ns + round(sent * period * 1e9)).to_msg()
             msg.header.stamp = info.header.stamp = stamp
             with lock:
                 sent_at[stamp.sec * 10**9 + stamp.nanosec] = time.monotonic()
@@ -265,7 +283,8 @@ def main(argv=None) -> int:
         rclpy.try_shutdown(context=context)
     with lock:
         counters.pop("_last_timed", None)
-        report = summarize(latencies, pipeline_ms, rss, dict(counters), sent, duration)
+        overheads = [latency_of[s] - pipeline_of[s] / 1e3 for s in latency_of if s in pipeline_of]
+        report = summarize(latencies, pipeline_ms, rss, dict(counters), sent, duration, overheads)
     report.update({"rate_hz": args.rate, "map": str(args.map), "dataset": str(args.dataset),
                    "qos": args.qos, "params": args.param, "rss_mb": rss,
                    "latencies_s": latencies, "pipeline_ms": pipeline_ms})

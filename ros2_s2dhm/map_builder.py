@@ -184,6 +184,6 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
         rotations=np.stack([r.pose.R for r in refs]), translations=np.stack([r.pose.t for r in refs]),
         global_descriptors=reduced, pca=pca.state_dict(), projection=projection.state_dict(),
         weights_sha256=weights_sha256, weights_kind=weights_kind, image_size=config.image_size,
-        config=asdict(config))
+        config=asdict(config), unit=dataset.unit)
     shutil.rmtree(parts)
     return ReferenceMap.load(out_dir)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "localize.launch.py"
 CONFIG = ROOT / "config" / "localize.yaml"
 ARGUMENTS = {"map_dir", "weights", "params_file", "image_topic", "camera_info_topic", "device",
-             "use_sim_time", "namespace", "log_level"}
+             "use_sim_time", "namespace", "log_level", "lifecycle", "autostart"}
 
 
 def _yaml_parameters():
@@ -40,6 +40,11 @@ def test_yaml_parameters_are_declared_and_documented():
         default = PARAMETERS[name].default
         assert type(value) is type(default), f"{name}: YAML {value!r} vs declared {default!r}"
         assert value == default, f"{name}: YAML {value!r} is not the default {default!r}"
+    lines = CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped and line.startswith("    "):
+            assert lines[i - 1].strip().startswith("#"), f"parameter without comment: {line}"
 
 
 def test_yaml_is_generated_from_the_parameter_table():
@@ -68,11 +73,6 @@ def test_every_localizer_config_field_is_a_node_parameter():
     missing = [".".join(p) for p in leaves(LocalizerConfig) if p not in paths]
     assert not missing, f"LocalizerConfig fields without a node parameter: {missing}"
     assert len(paths) > 40
-    lines = CONFIG.read_text().splitlines()
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and ":" in stripped and line.startswith("    "):
-            assert lines[i - 1].strip().startswith("#"), f"parameter without comment: {line}"
 
 
 def test_launch_file_static_checks():
@@ -85,13 +85,17 @@ def test_launch_file_static_checks():
     assert declared == ARGUMENTS
     used = {c.args[0].value for c in calls if getattr(c.func, "id", None) == "LaunchConfiguration"}
     assert used <= declared and {"map_dir", "params_file", "log_level", "namespace"} <= used
-    node = next(c for c in calls if getattr(c.func, "id", None) == "Node")
-    keywords = {k.arg: k.value for k in node.keywords}
-    assert ast.literal_eval(keywords["executable"]) == "localizer_node"
+    common = next(c for c in calls if getattr(c.func, "id", None) == "dict")
+    keywords = {k.arg: k.value for k in common.keywords}
     assert "remappings" in keywords and "--log-level" in ast.unparse(keywords["arguments"])
+    executables = {getattr(c.func, "id", None): ast.literal_eval(
+        next(k.value for k in c.keywords if k.arg == "executable"))
+        for c in calls if getattr(c.func, "id", None) in ("Node", "LifecycleNode")}
+    assert executables == {"Node": "localizer_node", "LifecycleNode": "lifecycle_localizer_node"}
     # the executable and the data files exist in setup.py
     setup = (ROOT / "setup.py").read_text()
     assert "localizer_node = {PACKAGE}.ros.localizer_node:main" in setup
+    assert "lifecycle_localizer_node = {PACKAGE}.ros.localizer_node:lifecycle_main" in setup
     assert 'glob("launch/*.launch.py")' in setup and 'glob("config/*.yaml")' in setup
     assert "config" in ast.unparse(tree) and "localize.yaml" in ast.unparse(tree)
     assert importlib.util.find_spec("ros2_s2dhm.ros.localizer_node") is not None

@@ -1,4 +1,6 @@
 """The full localizer on a small rendered scene (random network: no weights can be downloaded)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,21 @@ def test_failure_has_reason_and_no_pose(tiny_map_dir, random_network, scene):
     res = strict.localize(np.full_like(image, 30), camera)
     assert not res.success and res.pose is None and res.candidate_pose is None
     assert "too few" in res.failure_reason or "degenerate" in res.failure_reason
+
+
+def test_time_budget_stops_the_cascade(tiny_map_dir, random_network, scene):
+    net, info = random_network
+    world, camera = scene
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    image = np.full((camera.height, camera.width, 3), 30, np.uint8)  # verifies nowhere
+    config = LocalizerConfig(top_k=6, cascade_batch=2, retrieval_extra=0)
+    unbounded = Localizer(net, ref_map, config).localize(image, camera)
+    assert len(unbounded.reference_names) == 6 and not unbounded.budget_exhausted
+    bounded = Localizer(net, ref_map, dataclasses.replace(config, time_budget_ms=1e-3))
+    res = bounded.localize(image, camera)
+    assert not res.success and res.budget_exhausted
+    assert len(res.reference_names) == 2  # one batch, then the budget was spent
+    assert "time_budget_ms" in res.failure_reason
 
 
 def test_bad_query_input_is_named(tiny_map_dir, random_network, scene):

@@ -7,23 +7,39 @@ from typing import Sequence
 from ..errors import DatasetError
 from .base import Dataset, QueryImage, ReferenceImage, image_size, read_image
 
-__all__ = ["Dataset", "DatasetError", "QueryImage", "ReferenceImage", "image_size", "read_image", "load_dataset"]
+__all__ = ["Dataset", "DatasetError", "QueryImage", "ReferenceImage", "image_size", "read_image", "load_dataset",
+           "FORMATS"]
 
 
-def load_dataset(root: str | Path, conditions: Sequence[str] | None = None) -> Dataset:
-    """Load a dataset folder, choosing the reader by its layout.
+#: Layouts load_dataset reads (``auto`` chooses by what is in the folder).
+FORMATS = ("auto", "colmap", "robotcar", "cmu")
 
-    ``images/`` -> RobotCar Seasons layout (also the synthetic sets; ``conditions`` selects queries);
-    ``sparse/`` with ``database/`` or ``query/`` -> an Extended CMU Seasons slice.
+
+def load_dataset(root: str | Path, conditions: Sequence[str] | None = None,
+                 format: str = "auto") -> Dataset:
+    """Load a dataset folder with the reader of its layout.
+
+    ``colmap``: ``sparse/`` + ``images/`` (+ ``queries_with_intrinsics.txt``), any COLMAP model
+    (:mod:`.colmap_layout`); ``robotcar``: ``images/`` in the RobotCar Seasons layout (also the
+    synthetic sets; ``conditions`` selects queries); ``cmu``: ``sparse/`` with ``database/`` or
+    ``query/`` (an Extended CMU Seasons slice). ``auto`` tries them in that order.
     """
     root = Path(root)
+    if format not in FORMATS:
+        raise DatasetError(f"unknown dataset format {format!r}; use one of {FORMATS}")
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
-    if (root / "images").is_dir():
+    from .colmap_layout import is_colmap_layout, load_colmap_layout
+
+    if format == "colmap" or (format == "auto" and is_colmap_layout(root)):
+        return load_colmap_layout(root)
+    if format == "robotcar" or (format == "auto" and (root / "images").is_dir()):
         from .robotcar import load_robotcar_seasons
         return load_robotcar_seasons(root, conditions=list(conditions) if conditions else None)
-    if (root / "sparse").is_dir() and ((root / "database").is_dir() or (root / "query").is_dir()):
+    if format == "cmu" or (format == "auto" and (root / "sparse").is_dir()
+                           and ((root / "database").is_dir() or (root / "query").is_dir())):
         from .cmu import load_cmu_slice
         return load_cmu_slice(root)
-    raise DatasetError(f"{root}: unknown dataset layout; expected images/ (RobotCar Seasons layout) "
+    raise DatasetError(f"{root}: unknown dataset layout; expected sparse/ + images/ (a COLMAP "
+                       "model, see datasets/colmap_layout.py), images/ (RobotCar Seasons layout) "
                        "or sparse/ with database/ and query/ (Extended CMU Seasons slice)")

@@ -40,13 +40,15 @@ class QueryImage:
 
 @dataclass
 class Dataset:
-    """References with their 3D points [P, 3] float64 (world frame) and queries."""
+    """References with their 3D points [P, 3] float64 (world frame) and queries. ``unit``: the
+    unit of length of poses and points (``m``; an SfM model without scale: e.g. ``sfm``)."""
 
     name: str
     root: Path
     references: list[ReferenceImage]
     points3d: np.ndarray
     queries: list[QueryImage]
+    unit: str = "m"
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, root={str(self.root)!r}, {len(self.references)} references, "

@@ -8,6 +8,7 @@ evaluation service expects.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,12 @@ from ..errors import DatasetError
 from ..geometry.camera import Camera
 from ..geometry.pose import Pose
 from .base import Dataset, QueryImage, ReferenceImage, image_size
+from .query_list import read_query_list
 
-__all__ = ["CMU_QUERY_CAMERAS", "load_cmu_slice", "cmu_query_camera", "read_colmap_references"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CMU_QUERY_CAMERAS", "load_cmu_slice", "cmu_query_camera", "read_colmap_references",
+           "find_colmap_model"]
 
 CMU_QUERY_CAMERAS: dict[str, tuple[str, int, int, tuple[float, ...]]] = {
     "c0": ("OPENCV", 1024, 768, (868.993378, 866.063001, 525.942323, 420.042529,
@@ -46,17 +51,20 @@ def _colmap_to_opencv_pixels(xy: np.ndarray) -> np.ndarray:
     return np.asarray(xy, np.float64) - 0.5
 
 
-def _find_model(sparse: Path) -> Path:
+def find_colmap_model(sparse: Path) -> Path:
+    """``sparse`` or ``sparse/0``, whichever holds cameras.bin/.txt. Raises DatasetError."""
     for candidate in (sparse, sparse / "0"):
         if any((candidate / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
             return candidate
     raise DatasetError(f"{sparse}: no COLMAP model (cameras/images/points3D .bin or .txt) here or in 0/")
 
 
-def read_colmap_references(model_dir: Path, images_dir: Path) -> tuple[list[ReferenceImage], np.ndarray]:
+def read_colmap_references(model_dir: Path, images_dir: Path, keep_folders: bool = False
+                           ) -> tuple[list[ReferenceImage], np.ndarray]:
     """References (registered images with their observations) and points [P, 3] of a COLMAP model.
 
     Point ids of the references index the returned points array (COLMAP ids are renumbered).
+    Reference names are the model's basenames, or its names as they are with ``keep_folders``.
     """
     import pycolmap
 
@@ -83,7 +91,8 @@ def read_colmap_references(model_dir: Path, images_dir: Path) -> tuple[list[Refe
         xy = np.array([o[0] for o in observed], np.float64).reshape(-1, 2)
         ids = np.array([o[1] for o in observed], np.int64)
         camera = Camera.from_pycolmap(rec.cameras[image.camera_id])
-        references.append(ReferenceImage(Path(image.name).name, path, camera, pose,
+        name = image.name if keep_folders else Path(image.name).name
+        references.append(ReferenceImage(name, path, camera, pose,
                                          _colmap_to_opencv_pixels(xy), ids))
     return references, points
 
@@ -93,7 +102,31 @@ def load_cmu_slice(root: str | Path) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: CMU slice folder does not exist")
-    references, points = read_colmap_references(_find_model(root / "sparse"), root / "database")
-    queries = [QueryImage(path.name, path, cmu_query_camera(path), "query")
-               for path in sorted((root / "query").glob("*.jpg"))]
+    references, points = read_colmap_references(find_colmap_model(root / "sparse"), root / "database")
+    listed = root / "queries_with_intrinsics.txt"
+    if listed.is_file():  # the cameras stated, names relative to query/
+        queries = []
+        for name, camera in read_query_list(listed):
+            path = root / "query" / name
+            if image_size(path) != (camera.width, camera.height):
+                raise DatasetError(f"{listed}: query {name!r}: the image is "
+                                   f"{'x'.join(map(str, image_size(path)))} but its camera says "
+                                   f"{camera.width}x{camera.height}")
+            queries.append(QueryImage(Path(name).name, path, camera, "query"))
+        log.info("%s: %d query cameras from %s", root, len(queries), listed.name)
+        return Dataset(root.name, root, references, points, queries)
+    queries = []
+    assumed: dict[str, int] = {}
+    for path in sorted((root / "query").glob("*.jpg")):
+        camera = cmu_query_camera(path)
+        tag = next(t for t in CMU_QUERY_CAMERAS if f"_{t}_" in path.name)
+        log.debug("query %s: assumed CMU camera %s (%s)", path.name, tag, camera)
+        assumed[tag] = assumed.get(tag, 0) + 1
+        queries.append(QueryImage(path.name, path, camera, "query"))
+    if assumed:
+        log.warning("%s: query cameras ASSUMED from the name tags: %s, CMU's calibrated OPENCV "
+                    "cameras (%s); for other cameras write %s ('name MODEL W H params...')", root,
+                    ", ".join(f"{n} x {t}" for t, n in sorted(assumed.items())),
+                    "; ".join(f"{t}: fx {p[3][0]:.1f}, k1 {p[3][4]:.3f}"
+                              for t, p in CMU_QUERY_CAMERAS.items()), listed)
     return Dataset(root.name, root, references, points, queries)

@@ -103,8 +103,9 @@ class _Rates:
     """Receive/processing rates over a sliding window and frames lost before the callback.
 
     Lost frames are counted from header stamps: the nominal period is the smallest positive
-    stamp difference seen recently, and a gap of ``n`` periods means ``n - 1`` frames never
-    arrived (a source with irregular stamps is undercounted, never overcounted).
+    stamp difference among the last 50, and a gap of ``n`` periods means ``n - 1`` frames never
+    arrived. This assumes a camera that stamps frames at a fixed rate; stamps with jitter
+    (software stamping on a busy machine) are overcounted.
     """
 
     def __init__(self, window_s: float = RATE_WINDOW_S):
@@ -606,6 +607,7 @@ class _LocalizerBehaviour:
         values.update({
             "latency_receive_to_result_ms": f"{1e3 * (time.monotonic() - frame.received):.1f}",
             "latency_stamp_to_result_ms": f"{(now_ns - stamp_ns) * 1e-6:.1f}",
+            "frame_stamp_ns": str(stamp_ns),
             "num_matches": str(result.num_matches),
             "num_inliers": str(result.num_inliers),
             "confidence": f"{result.confidence:.3f}",
