@@ -444,3 +444,42 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iter
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
         for conn, stamp, raw in reader.messages(connections=conns):
             yield conn.topic, int(stamp), reader.deserialize(raw, conn.msgtype)
+
+
+def extract_frames(bag: str | Path, image_topic: str, out: str | Path,
+                   camera_info_topic: str | None = None, every: int = 1):
+    """Write every ``every``-th image of ``image_topic`` (Image or CompressedImage) to
+    ``out/<stamp_ns>.png`` (stamp: the header's) and return ``(frames, camera)``: a list of
+    :class:`~ros2_s2dhm.drive_map.Frame` (names relative to ``out``'s parent) and the camera of
+    the first CameraInfo on ``camera_info_topic`` (None without one). Raises BagError."""
+    import cv2  # noqa: PLC0415
+    from rosbags.image import message_to_cvimage  # noqa: PLC0415
+
+    from ros2_s2dhm.drive_map import Frame  # noqa: PLC0415
+    from ros2_s2dhm.ros.conversions import camera_info_to_camera, stamp_to_ns  # noqa: PLC0415
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    topics = [image_topic] + ([camera_info_topic] if camera_info_topic else [])
+    if image_topic not in bag_topics(bag):
+        raise BagError(f"bag {bag} has no topic {image_topic!r}; it has {sorted(bag_topics(bag))}")
+    frames, camera, seen = [], None, 0
+    for topic, _, msg in read_messages(bag, topics):
+        if topic != image_topic:
+            if camera is None:
+                camera = camera_info_to_camera(msg)
+            continue
+        seen += 1
+        if (seen - 1) % every:
+            continue
+        stamp = stamp_to_ns(msg.header.stamp)
+        path = out / f"{stamp}.png"
+        try:
+            cv2.imwrite(str(path), message_to_cvimage(msg, "bgr8"))
+        except Exception as exc:  # rosbags-image raises its own errors for bad encodings
+            raise BagError(f"bag {bag}: image stamped {stamp} on {image_topic} cannot be "
+                           f"decoded ({exc})") from exc
+        frames.append(Frame(f"{out.name}/{path.name}", path, stamp))
+    if not frames:
+        raise BagError(f"bag {bag}: no image on {image_topic}")
+    return frames, camera
