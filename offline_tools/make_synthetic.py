@@ -1,10 +1,12 @@
 """Generate a synthetic RobotCar-Seasons-like dataset with exact ground truth.
 
     make_synthetic --out DIR [--seed 0] [--size default|tiny] [--conditions sun,night,...]
-                   [--width W --height H]
+                   [--width W --height H] [--layout robotcar|colmap]
 
 Writes images/, intrinsics/, 3D-models/all-merged/all.nvm, ground_truth.txt, queries/ and
 correspondences/ (see ros2_s2dhm.datasets.synthetic.generate). Held-out sets use another --seed.
+``--layout colmap`` writes the same set as a user's own site instead: a binary COLMAP model in
+sparse/, images/, queries_with_intrinsics.txt and ground_truth.txt (datasets/colmap_layout.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=None, help="image width override")
     p.add_argument("--height", type=int, default=None, help="image height override")
     p.add_argument("--queries-per-condition", type=int, default=None, help="override of the preset")
+    p.add_argument("--layout", choices=("robotcar", "colmap"), default="robotcar",
+                   help="RobotCar Seasons layout (default) or a generic COLMAP layout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -41,6 +45,8 @@ def main(argv=None) -> int:
         size = dataclasses.replace(size, **overrides)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
     try:
+        if args.layout == "colmap":
+            return _colmap_site(args, size, conditions)
         result = generate_synthetic(args.out, seed=args.seed, size=size, conditions=conditions,
                                     progress=not args.quiet)
     except S2DHMError as error:
@@ -49,6 +55,25 @@ def main(argv=None) -> int:
     print(f"wrote {result.root}: {len(result.references)} reference images, {len(result.queries)} queries, "
           f"{result.num_points} 3D points, {result.num_correspondence_files} correspondence files "
           f"in {result.seconds:.1f} s")
+    return 0
+
+
+def _colmap_site(args, size, conditions) -> int:
+    """Generate in a temporary folder, then write the COLMAP layout at --out."""
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from ros2_s2dhm.datasets import load_dataset  # noqa: PLC0415
+    from ros2_s2dhm.datasets.colmap_layout import write_colmap_layout  # noqa: PLC0415
+    from ros2_s2dhm.evaluation.submission import read_submission  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = generate_synthetic(Path(tmp) / "set", seed=args.seed, size=size,
+                                    conditions=conditions, progress=not args.quiet).root
+        dataset = load_dataset(source)
+        out = write_colmap_layout(dataset, args.out, read_submission(source / "ground_truth.txt"))
+    print(f"wrote {out} (COLMAP layout): {len(dataset.references)} reference images, "
+          f"{len(dataset.queries)} queries, {len(dataset.points3d)} 3D points")
     return 0
 
 

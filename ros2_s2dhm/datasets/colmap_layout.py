@@ -56,7 +56,8 @@ def _how_to_give_intrinsics(root: Path) -> str:
 
 
 def read_queries(root: Path, condition: str = "query") -> list[QueryImage]:
-    """Queries of ``root/queries_with_intrinsics.txt`` (none without it). Raises DatasetError
+    """Queries of ``root/queries_with_intrinsics.txt`` (none without it); a query's condition
+    is the first folder of its name (``condition`` for a name without one). Raises DatasetError
     for a query list without intrinsics, a missing image or a camera of another size."""
     path = root / QUERY_LIST
     if not path.is_file():
@@ -78,7 +79,8 @@ def read_queries(root: Path, condition: str = "query") -> list[QueryImage]:
             raise DatasetError(f"{path}: query {name!r}: the image is {width}x{height} but its "
                                f"camera says {camera.width}x{camera.height}; fix field "
                                f"'WIDTH HEIGHT' (and scale the intrinsics with it)")
-        queries.append(QueryImage(name, image, camera, condition))
+        queries.append(QueryImage(name, image, camera,
+                                  name.split("/")[0] if "/" in name else condition))
     return queries
 
 
@@ -114,10 +116,11 @@ def _query_name(dataset: Dataset, query: QueryImage) -> str:
         return f"query/{Path(query.path).name}"
 
 
-def write_colmap_layout(dataset: Dataset, out: str | Path) -> Path:
+def write_colmap_layout(dataset: Dataset, out: str | Path, ground_truth: dict | None = None) -> Path:
     """Write ``dataset`` in this layout: a binary COLMAP model of its references (cameras, posed
     images with their keypoints, 3D points with their tracks; pycolmap), the images copied under
-    ``images/`` and its queries in ``queries_with_intrinsics.txt``. Returns ``out``."""
+    ``images/`` and its queries in ``queries_with_intrinsics.txt``; with ``ground_truth``
+    ({query name: Pose}), ``ground_truth.txt`` under the layout's query names. Returns ``out``."""
     import shutil  # noqa: PLC0415
     from collections import defaultdict  # noqa: PLC0415
 
@@ -161,5 +164,11 @@ def write_colmap_layout(dataset: Dataset, out: str | Path) -> Path:
         entries.append((name, query.camera))
     if entries:
         write_query_list(out / QUERY_LIST, entries)
+    if ground_truth is not None:
+        from ..evaluation.submission import write_submission  # noqa: PLC0415
+
+        write_submission(out / "ground_truth.txt",
+                         {name: ground_truth[q.name] for (name, _), q in zip(entries, dataset.queries)
+                          if q.name in ground_truth})
     (out / UNIT_FILE).write_text(dataset.unit + "\n")
     return out
