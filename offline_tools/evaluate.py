@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_weights_args(p)  # --weights (must be those the map was built with), --device
     add_localizer_args(p)
     p.add_argument("--thresholds", nargs="+", type=parse_threshold, default=list(DEFAULT_THRESHOLDS),
-                   metavar="M,DEG", help="recall thresholds as metres,degrees (default "
+                   metavar="M,DEG", help="recall thresholds as distance,degrees, the distance in the map's unit (metres unless its dataset says otherwise; default "
                    + " ".join(f"{t:g},{r:g}" for t, r in DEFAULT_THRESHOLDS) + ")")
     p.add_argument("--limit", type=int, default=None, help="at most N queries per condition")
     p.add_argument("--local-validation", action="store_true",
@@ -133,10 +133,11 @@ def run(args: argparse.Namespace, device: str) -> int:
                                  "operating_point": operating_point(curve, min_confidence),
                                  "curve": curve}
         rep.write_json(out / "results.json", results)
-        tables = [rep.format_recall_table(report),
+        unit = reference_map.unit  # thresholds and distances are in the map's unit
+        tables = [rep.format_recall_table(report, unit),
                   rep.format_retrieval_table(retrieval, localizer.config.top_k),
                   rep.format_operating_point(operating_point(curve, min_confidence), min_confidence,
-                                             len(outcomes))]
+                                             len(outcomes), unit)]
         (out / "results.txt").write_text(f"weights: {weights_text}\n" + "\n\n".join(tables) + "\n")
         if not args.no_plots:
             plot_all_conditions(report, out / "plots")

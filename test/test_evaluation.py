@@ -178,6 +178,8 @@ def test_recall_table_lists_every_condition_and_failures():
     assert rows["night"].split()[1:5] == ["4", "|", "25.0", "50.0"]
     assert rows["all"].split()[-2] == "3"  # fpnp failures over all queries
     assert rows["all"].split()[-1] == "0"  # no false poses (every returned error < 5 m, 10 deg)
+    sfm = format_recall_table(evaluate_recall(conditions, estimates, truth), unit="sfm")
+    assert "0.25sfm,2°" in sfm.splitlines()[1]  # an SfM map's unit, not metres
     assert "RANSAC-PnP" in table and "Feature-PnP" in table
 
 

@@ -67,9 +67,10 @@ def _fmt_median(x: float, unit: str) -> str:
     return "inf" if not math.isfinite(x) else f"{x:.3g}{unit}"
 
 
-def format_recall_table(report: RecallReport) -> str:
-    """Plain-text table: one row per condition and one for all queries, methods side by side."""
-    thr = [f"{t:g}m,{r:g}°" for t, r in report.thresholds]
+def format_recall_table(report: RecallReport, unit: str = "m") -> str:
+    """Plain-text table: one row per condition and one for all queries, methods side by side;
+    distances in the map's ``unit``."""
+    thr = [f"{t:g}{unit},{r:g}°" for t, r in report.thresholds]
     method_cols = thr + ["med t", "med R", "fail", "false"]
     widths = [max(6, len(c)) for c in method_cols]
     rows = {**report.conditions, "all": report.all}
@@ -87,7 +88,7 @@ def format_recall_table(report: RecallReport) -> str:
         for m in report.methods:
             s = group.methods[m]
             vals = [f"{r:.1f}" for r in s.recall] + [
-                _fmt_median(s.median_t_m, "m"), _fmt_median(s.median_r_deg, "°"), str(s.failures),
+                _fmt_median(s.median_t_m, unit), _fmt_median(s.median_r_deg, "°"), str(s.failures),
                 str(s.false_poses)]
             cells += sep + " ".join(f"{v:>{w}}" for v, w in zip(vals, widths))
         lines.append(cells)
@@ -158,7 +159,9 @@ def format_retrieval_table(retrieval: Mapping[str, Mapping[str, float]], top_k: 
     return "\n".join(lines)
 
 
-def format_operating_point(point: Mapping[str, float], min_confidence: float, queries: int) -> str:
-    """One line: what min_confidence returns (poses, correct at (0.25 m, 2 deg), false)."""
+def format_operating_point(point: Mapping[str, float], min_confidence: float, queries: int,
+                           unit: str = "m") -> str:
+    """One line: what min_confidence returns (poses, correct at (0.25, 2 deg), false), in ``unit``."""
     return (f"min_confidence {min_confidence:g}: {point['returned']} of {queries} poses returned, "
-            f"{point['correct']} within (0.25 m, 2°), {point['false']} false (> 5 m or 10°)")
+            f"{point['correct']} within (0.25 {unit}, 2°), {point['false']} false "
+            f"(> 5 {unit} or 10°)")
