@@ -316,7 +316,8 @@ class _LocalizerBehaviour:
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._debug_pub = (self.create_publisher(Image, "~/debug/matches", 1)
                            if self._p["publish_debug_image"] else None)
-        self._tf = _tf_broadcaster_or_none(self) if self._p["publish_tf"] else None
+        if self._tf is None and self._p["publish_tf"]:  # one broadcaster for the node's life
+            self._tf = _tf_broadcaster_or_none(self)
         if self._p["publish_tf"] and self._tf is None:
             self.get_logger().info("tf2_ros is not importable: TF broadcasting is off "
                                    "(the pose is still published on ~/pose)")
@@ -364,7 +365,7 @@ class _LocalizerBehaviour:
         for entity in self._interfaces:
             self._destroy_entity(entity)
         self._interfaces = []
-        self._tf = self._debug_pub = self._pose_pub = self._diag_pub = None
+        self._debug_pub = self._pose_pub = self._diag_pub = None
 
     def _destroy_entity(self, entity) -> None:
         """Destroy through the node, which also forgets it (the executor must not wait on it)."""
@@ -398,13 +399,13 @@ class _LocalizerBehaviour:
     # ------------------------------------------------------------------ callbacks
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_received.set()
         try:
             self._camera = conv.camera_info_to_camera(msg, self._p["use_rectified_intrinsics"])
             self._camera_problem = None
         except CameraError as exc:
             self._camera = None
             self._camera_problem = f"invalid CameraInfo: {exc}"
+        self._camera_received.set()  # after the camera is set: a waiting frame reads it
 
     def _on_image(self, msg) -> None:
         if not self._active:
