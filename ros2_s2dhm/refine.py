@@ -44,6 +44,9 @@ class RefineConfig:
 
     loss: str = option("cauchy", "robust loss of Feature-metric PnP", choices=LOSSES)
     loss_scale: float = option(0.1, "robust loss scale in feature-distance units", low=1e-9)
+    loss_scale_from_residuals: float = option(
+        0.0, "when > 0: the loss scale is this times the median residual norm at the initial "
+             "pose (loss_scale is then unused)", low=0.0)
     max_iterations: int = option(50, "Levenberg-Marquardt iterations at most", low=0)
     lambda_init: float = option(1e-2, "initial Levenberg-Marquardt damping", low=1e-12)
     lambda_factor: float = option(10.0, "damping multiplier after a rejected step", low=1.0)
@@ -161,7 +164,8 @@ class FeatureMetricPnP:
         self.config = (config if config is not None else RefineConfig()).validate()
 
     def refine(self, pose: Pose, points3d: torch.Tensor, ref_features: torch.Tensor,
-               query_features: torch.Tensor, camera: Camera) -> RefineResult:
+               query_features: torch.Tensor, camera: Camera,
+               weights: torch.Tensor | None = None) -> RefineResult:
         """Refine ``pose`` (world-to-camera).
 
         Args:
@@ -170,41 +174,11 @@ class FeatureMetricPnP:
             ref_features: ``[N, C]`` reference features of the points.
             query_features: ``[C, H, W]`` dense query feature map; sets the device.
             camera: query camera at the feature-map resolution (``camera.scaled(...)``).
+            weights: optional ``[N]`` non-negative per-point weights (cost ``sum w_i rho_i``).
         """
         cfg = self.config
-        device = query_features.device
-        fmap, points, ref = self._check_inputs(points3d, ref_features, query_features, camera)
-        pose_dtype = torch.float32 if device.type == "mps" else torch.float64
-        points = points.to(device=device, dtype=pose_dtype)
-        ref = ref.to(device=device, dtype=fmap.dtype)
-        sampler = FeatureSampler(fmap, cfg.gradient)
-        C = fmap.shape[0]
-        eye3 = torch.eye(3, dtype=pose_dtype, device=device)
-
-        def evaluate(p: Pose, penalty: float | None):
-            """Cost, valid-point cost, #valid, Hessian J^T W J [6, 6], gradient J^T W r [6]."""
-            R, t = p.to_torch(pose_dtype, device)
-            p_cam = points @ R.T + t
-            uv, J_proj = camera.project_jacobian(p_cam)
-            values, grad, valid = sampler(uv)  # [N, C], [N, C, 2], [N]
-            valid = valid & camera.project(p_cam, check_bounds=False)[1]  # depth, distortion range
-            r = values - ref  # [N, C]
-            e = (r * r).sum(-1).to(pose_dtype)
-            rho, w = robust_loss(cfg.loss, e, cfg.loss_scale)
-            n_valid = int(valid.sum())
-            cost_valid = float(torch.where(valid, rho, torch.zeros_like(rho)).sum())
-            if penalty is None:  # the first evaluation sets the cost of a point that leaves the map
-                penalty = float(torch.where(valid, rho, torch.zeros_like(rho)).max()) if n_valid else 0.0
-            cost = cost_valid + (points.shape[0] - n_valid) * penalty
-            w = torch.where(valid, w, torch.zeros_like(w))
-            A = torch.einsum("nci,ncj->nij", grad, grad).to(pose_dtype)  # [N, 2, 2]
-            b = torch.einsum("nci,nc->ni", grad, r).to(pose_dtype)  # [N, 2]
-            J_pose = torch.cat([-skew(p_cam), eye3.expand(len(p_cam), 3, 3)], dim=-1)  # d p_cam / d xi
-            J = J_proj @ J_pose  # [N, 2, 6]
-            H = torch.einsum("n,nki,nkl,nlj->ij", w, J, A, J)
-            g = torch.einsum("n,nki,nk->i", w, J, b)
-            return cost, cost_valid, n_valid, H, g, penalty
-
+        problem = self.problem(pose, points3d, ref_features, query_features, camera, weights)
+        evaluate, points, C = problem.linearize, problem.points, problem.channels
         cost, cost_valid, n_valid, H, g, penalty = evaluate(pose, None)
         history = [cost]
         lam = cfg.lambda_init
@@ -247,6 +221,28 @@ class FeatureMetricPnP:
         covariance = _covariance(H, cost_valid, n_valid * C - 6)
         return RefineResult(pose, history[0], cost, history, iterations, reason, covariance, n_valid, accepted, lam)
 
+    def problem(self, pose: Pose, points3d: torch.Tensor, ref_features: torch.Tensor,
+                query_features: torch.Tensor, camera: Camera,
+                weights: torch.Tensor | None = None) -> "_Problem":
+        """The least-squares problem of :meth:`refine` (arguments as there), with its loss
+        scale set (from the residuals at ``pose`` when ``loss_scale_from_residuals`` > 0)."""
+        fmap, points, ref = self._check_inputs(points3d, ref_features, query_features, camera)
+        device = fmap.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        points = points.to(device=device, dtype=dtype)
+        if weights is None:
+            weights = torch.ones(points.shape[0], dtype=dtype, device=device)
+        weights = weights.detach().to(device=device, dtype=dtype)
+        if weights.shape != (points.shape[0],) or not bool((weights >= 0).all()):
+            raise ValueError(f"weights must be [N] = [{points.shape[0]}] and >= 0, "
+                             f"got shape {tuple(weights.shape)}")
+        problem = _Problem(self.config, FeatureSampler(fmap, self.config.gradient), camera,
+                           points, ref.to(device=device, dtype=fmap.dtype), weights,
+                           self.config.loss_scale)
+        if self.config.loss_scale_from_residuals > 0:
+            problem.scale = problem.residual_scale(pose, self.config.loss_scale_from_residuals)
+        return problem
+
     @staticmethod
     def _check_inputs(points3d, ref_features, query_features, camera: Camera):
         if query_features.ndim != 3 or min(query_features.shape[1:]) < 2:
@@ -263,6 +259,60 @@ class FeatureMetricPnP:
         fmap = query_features if query_features.is_floating_point() and query_features.dtype in (
             torch.float32, torch.float64) else query_features.float()
         return fmap.detach(), points3d.detach(), ref_features.detach()
+
+
+class _Problem:
+    """``sum_i w_i rho(||F_q(pi(T X_i)) - F_r,i||^2)`` on one sampler: cost and its
+    Gauss-Newton linearisation at a pose (points [N, 3], ref [N, C], weights [N])."""
+
+    def __init__(self, config: RefineConfig, sampler: FeatureSampler, camera: Camera,
+                 points: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor, scale: float):
+        self.config, self.sampler, self.camera = config, sampler, camera
+        self.points, self.ref, self.weights, self.scale = points, ref, weights, scale
+        self.channels = sampler.C
+        self.eye3 = torch.eye(3, dtype=points.dtype, device=points.device)
+
+    def _residuals(self, pose: Pose):
+        """Camera points [N, 3], pixels [N, 2], their Jacobian [N, 2, 3], residuals [N, C],
+        feature gradients [N, C, 2], valid [N]."""
+        R, t = pose.to_torch(self.points.dtype, self.points.device)
+        p_cam = self.points @ R.T + t
+        uv, J_proj = self.camera.project_jacobian(p_cam)
+        values, grad, valid = self.sampler(uv)
+        valid = valid & self.camera.project(p_cam, check_bounds=False)[1]  # depth, distortion
+        return p_cam, J_proj, values - self.ref, grad, valid
+
+    def residual_scale(self, pose: Pose, factor: float) -> float:
+        """``factor`` x the median residual norm of the valid points (the fixed scale when
+        none is valid)."""
+        _, _, r, _, valid = self._residuals(pose)
+        if not bool(valid.any()):
+            return self.scale
+        return max(float(r.norm(dim=-1)[valid].median()) * factor, 1e-9)
+
+    def linearize(self, pose: Pose, penalty: float | None):
+        """Cost, valid-point cost, #valid, Hessian J^T W J [6, 6], gradient J^T W r [6] (half
+        the derivative of the cost along the left twist) and the penalty of a point that
+        leaves the map (set by the first call: pass None)."""
+        dtype = self.points.dtype
+        p_cam, J_proj, r, grad, valid = self._residuals(pose)
+        e = (r * r).sum(-1).to(dtype)
+        rho, w = robust_loss(self.config.loss, e, self.scale)
+        rho, w = self.weights * rho, self.weights * w
+        zero = torch.zeros_like(rho)
+        n_valid = int(valid.sum())
+        cost_valid = float(torch.where(valid, rho, zero).sum())
+        if penalty is None:
+            penalty = float(torch.where(valid, rho, zero).max()) if n_valid else 0.0
+        cost = cost_valid + (self.points.shape[0] - n_valid) * penalty
+        w = torch.where(valid, w, zero)
+        A = torch.einsum("nci,ncj->nij", grad, grad).to(dtype)  # [N, 2, 2]
+        b = torch.einsum("nci,nc->ni", grad, r).to(dtype)  # [N, 2]
+        J_pose = torch.cat([-skew(p_cam), self.eye3.expand(len(p_cam), 3, 3)], dim=-1)
+        J = J_proj @ J_pose  # [N, 2, 6]: d uv / d xi
+        H = torch.einsum("n,nki,nkl,nlj->ij", w, J, A, J)
+        g = torch.einsum("n,nki,nk->i", w, J, b)
+        return cost, cost_valid, n_valid, H, g, penalty
 
 
 def _no_information() -> np.ndarray:
