@@ -29,6 +29,7 @@ from .features.pca import PCA
 from .features.preprocess import prepare_image
 from .geometry.pixels import image_to_feature, scale_pixels
 from .matching import sample_descriptors
+from .point_selection import select_spread
 from .reference_map import MapWriter, ReferenceMap
 
 PARTS = "parts"
@@ -49,28 +50,6 @@ class MapBuildConfig:
     descriptor_whiten: bool = False
     projection_fit_images: int = 64
     projection_fit_samples: int = 65536
-
-
-def select_keypoints(keypoints: np.ndarray, track_lengths: np.ndarray, width: int, height: int,
-                     max_keypoints: int, grid: int) -> np.ndarray:
-    """Indices of at most ``max_keypoints`` keypoints [M,2] spread over the image.
-
-    Keypoints are binned into grid x grid cells; cells are visited round-robin, each
-    giving its next-longest-track keypoint, so no image region (e.g. the far end of a
-    street where the long tracks sit) takes the whole budget.
-    """
-    m = len(keypoints)
-    if m <= max_keypoints:
-        return np.arange(m)
-    cx = np.clip((keypoints[:, 0] + 0.5) * grid / width, 0, grid - 1).astype(np.int64)
-    cy = np.clip((keypoints[:, 1] + 0.5) * grid / height, 0, grid - 1).astype(np.int64)
-    cell = cy * grid + cx
-    order = np.lexsort((-track_lengths, cell))  # by cell, then longest track first
-    sorted_cells = cell[order]
-    first = np.searchsorted(sorted_cells, sorted_cells, side="left")
-    rank = np.arange(m) - first  # rank of each keypoint inside its cell
-    pick = order[np.lexsort((sorted_cells, rank))][:max_keypoints]
-    return np.sort(pick)
 
 
 def _part_path(out_dir: Path, i: int) -> Path:
@@ -102,7 +81,7 @@ def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device,
     image = read_image(ref.path)
     tensor, scale = prepare_image(image, config.image_size, device)
     out = network(tensor)
-    sel = select_keypoints(ref.keypoints, track_lengths[ref.point_ids], ref.camera.width,
+    sel = select_spread(ref.keypoints, track_lengths[ref.point_ids], ref.camera.width,
                            ref.camera.height, config.max_keypoints, config.grid)
     kps = ref.keypoints[sel]
     cells = image_to_feature(scale_pixels(torch.from_numpy(kps).double(), torch.tensor(scale).double()),

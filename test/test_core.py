@@ -118,8 +118,8 @@ def test_retrieval_topk_and_prior_radius():
     assert len(idx) == 0
 
 
-def test_select_keypoints_spreads_over_cells():
-    from ros2_s2dhm.map_builder import select_keypoints
+def test_select_spread_spreads_over_cells():
+    from ros2_s2dhm.point_selection import select_spread
 
     rng = np.random.default_rng(0)
     # 900 long tracks crowded in one corner, 100 short ones spread over the image
@@ -127,7 +127,7 @@ def test_select_keypoints_spreads_over_cells():
     spread = rng.uniform([0, 0], [320, 240], (100, 2))
     kps = np.r_[crowd, spread]
     tracks = np.r_[np.full(900, 50), np.full(100, 2)]
-    sel = select_keypoints(kps, tracks, 320, 240, max_keypoints=200, grid=8)
+    sel = select_spread(kps, tracks, 320, 240, max_count=200, grid=8)
     assert len(sel) == 200 and len(np.unique(sel)) == 200
     assert (sel >= 900).sum() >= 90  # nearly every spread keypoint survives
-    assert len(select_keypoints(kps[:50], tracks[:50], 320, 240, 200, 8)) == 50
+    assert len(select_spread(kps[:50], tracks[:50], 320, 240, 200, 8)) == 50
