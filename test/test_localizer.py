@@ -102,3 +102,47 @@ def test_bad_query_input_is_named(tiny_map_dir, random_network, scene):
         loc.localize(np.zeros((50, 60, 3), np.uint8), camera)
     with pytest.raises(InputImageError, match="uint8"):
         loc.localize(np.zeros((96, 128, 3), np.float32), camera)
+
+
+def test_refinement_points_spread_and_weighted_as_configured(tiny_map_dir, random_network, scene):
+    """Feature-PnP gets at most refine_max_points inliers: with grid 1 the best-scoring ones,
+    with a grid more image cells; refine_score_weights passes the match scores as weights."""
+    net, info = random_network
+    world, camera = scene
+    image, _ = render_view(world, street_pose(4.0), camera)
+    seen = {}
+
+    class Spy:
+        def refine(self, pose, points3d, ref, fmap, fmap_camera, weights=None):
+            seen["n"], seen["weights"] = len(points3d), weights
+            raise RuntimeError("stop")  # the inputs are what is checked here
+
+    cells = {}
+    for grid, weights in ((1, False), (8, True)):
+        config = dataclasses.replace(_config(), refine_max_points=20, refine_spread_grid=grid,
+                                     refine_score_weights=weights)
+        loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), config)
+        qf = loc.features(image, camera)
+        hyps = loc.retrieve(qf, k=1)
+        loc.match(qf, hyps)
+        loc.verify(qf, hyps)
+        decision = loc.decide(qf, hyps)
+        assert decision is not None and decision.inliers.sum() > 20
+        loc.refiner = Spy()
+        with pytest.raises(RuntimeError, match="stop"):
+            loc.refine(qf, decision)
+        assert seen["n"] == 20
+        inl = np.flatnonzero(decision.inliers)
+        scores = decision.match_scores[inl]
+        if weights:
+            assert seen["weights"] is not None and len(seen["weights"]) == 20
+            assert float(seen["weights"].min()) >= 0.0
+        else:
+            assert seen["weights"] is None
+        from ros2_s2dhm.point_selection import select_spread
+        keep = select_spread(decision.uv[inl], scores, camera.width, camera.height, 20, grid)
+        if grid == 1:
+            assert np.array_equal(np.sort(scores[keep]), np.sort(scores)[-20:])
+        uv = decision.uv[inl][keep]
+        cells[grid] = len({(int(u * 4 / camera.width), int(v * 4 / camera.height)) for u, v in uv})
+    assert cells[8] > cells[1]
