@@ -13,6 +13,7 @@ from ros2_s2dhm.geometry import pose_error
 from ros2_s2dhm.localizer import STAGES, Localizer, LocalizerConfig
 from ros2_s2dhm.matching import MatcherConfig
 from ros2_s2dhm.pnp import PnPConfig
+from ros2_s2dhm.point_selection import select_spread
 from ros2_s2dhm.reference_map import ReferenceMap
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -139,7 +140,6 @@ def test_refinement_points_spread_and_weighted_as_configured(tiny_map_dir, rando
             assert float(seen["weights"].min()) >= 0.0
         else:
             assert seen["weights"] is None
-        from ros2_s2dhm.point_selection import select_spread
         keep = select_spread(decision.uv[inl], scores, camera.width, camera.height, 20, grid)
         if grid == 1:
             assert np.array_equal(np.sort(scores[keep]), np.sort(scores)[-20:])
