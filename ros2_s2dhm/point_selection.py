@@ -12,7 +12,7 @@ def select_spread(uv: np.ndarray, priority: np.ndarray, width: int, height: int,
     over the image by priority ``[M]`` (higher first).
 
     Points are binned into grid x grid cells; cells are visited round-robin, each giving its
-    next-highest-priority point (the cells of a round in priority order), so no image region (e.g. the far end of a street where the
+    next-highest-priority point, so no image region (e.g. the far end of a street where the
     long tracks or the best matches sit) takes the whole budget. ``grid`` 1 (or fewer points
     than the budget) keeps the highest priorities.
     """
@@ -27,7 +27,7 @@ def select_spread(uv: np.ndarray, priority: np.ndarray, width: int, height: int,
     sorted_cells = cell[order]
     first = np.searchsorted(sorted_cells, sorted_cells, side="left")
     rank = np.arange(m) - first  # rank of each point inside its cell
-    # round by round (every cell's best, then every cell's second...), each round best first,
-    # so a budget smaller than the occupied cells is not filled from the top rows only
-    pick = order[np.lexsort((-priority[order], rank))][:max_count]
+    # round by round: every cell's best, then every cell's second... (cells of a round in
+    # row-major order, so a budget smaller than the occupied cells favours the top rows)
+    pick = order[np.lexsort((sorted_cells, rank))][:max_count]
     return np.sort(pick)
