@@ -178,7 +178,7 @@ class FeatureMetricPnP:
         """
         cfg = self.config
         problem = self.problem(pose, points3d, ref_features, query_features, camera, weights)
-        evaluate, points, C = problem.linearize, problem.points, problem.channels
+        evaluate, C = problem.linearize, problem.channels
         cost, cost_valid, n_valid, H, g, penalty = evaluate(pose, None)
         history = [cost]
         lam = cfg.lambda_init
@@ -230,12 +230,11 @@ class FeatureMetricPnP:
         device = fmap.device
         dtype = torch.float32 if device.type == "mps" else torch.float64
         points = points.to(device=device, dtype=dtype)
-        if weights is None:
-            weights = torch.ones(points.shape[0], dtype=dtype, device=device)
-        weights = weights.detach().to(device=device, dtype=dtype)
-        if weights.shape != (points.shape[0],) or not bool((weights >= 0).all()):
-            raise ValueError(f"weights must be [N] = [{points.shape[0]}] and >= 0, "
-                             f"got shape {tuple(weights.shape)}")
+        if weights is not None:
+            weights = weights.detach().to(device=device, dtype=dtype)
+            if weights.shape != (points.shape[0],) or not bool((weights >= 0).all()):
+                raise ValueError(f"weights must be [N] = [{points.shape[0]}] and >= 0, "
+                                 f"got shape {tuple(weights.shape)}")
         problem = _Problem(self.config, FeatureSampler(fmap, self.config.gradient), camera,
                            points, ref.to(device=device, dtype=fmap.dtype), weights,
                            self.config.loss_scale)
@@ -263,23 +262,26 @@ class FeatureMetricPnP:
 
 class _Problem:
     """``sum_i w_i rho(||F_q(pi(T X_i)) - F_r,i||^2)`` on one sampler: cost and its
-    Gauss-Newton linearisation at a pose (points [N, 3], ref [N, C], weights [N])."""
+    Gauss-Newton linearisation at a pose (points [N, 3], ref [N, C], weights [N] or None
+    for all ones)."""
 
     def __init__(self, config: RefineConfig, sampler: FeatureSampler, camera: Camera,
-                 points: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor, scale: float):
+                 points: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor | None,
+                 scale: float):
         self.config, self.sampler, self.camera = config, sampler, camera
         self.points, self.ref, self.weights, self.scale = points, ref, weights, scale
         self.channels = sampler.C
         self.eye3 = torch.eye(3, dtype=points.dtype, device=points.device)
 
     def _residuals(self, pose: Pose):
-        """Camera points [N, 3], pixels [N, 2], their Jacobian [N, 2, 3], residuals [N, C],
-        feature gradients [N, C, 2], valid [N]."""
+        """Camera points [N, 3], d uv / d p_cam [N, 2, 3], residuals [N, C], feature
+        gradients [N, C, 2] and valid [N] (inside the map, depth, distortion range), from one
+        projection."""
         R, t = pose.to_torch(self.points.dtype, self.points.device)
         p_cam = self.points @ R.T + t
-        uv, J_proj = self.camera.project_jacobian(p_cam)
+        uv, J_proj, projectable = self.camera.project_jacobian(p_cam)
         values, grad, valid = self.sampler(uv)
-        valid = valid & self.camera.project(p_cam, check_bounds=False)[1]  # depth, distortion
+        valid = valid & projectable  # depth, distortion range
         return p_cam, J_proj, values - self.ref, grad, valid
 
     def residual_scale(self, pose: Pose, factor: float) -> float:
@@ -298,7 +300,8 @@ class _Problem:
         p_cam, J_proj, r, grad, valid = self._residuals(pose)
         e = (r * r).sum(-1).to(dtype)
         rho, w = robust_loss(self.config.loss, e, self.scale)
-        rho, w = self.weights * rho, self.weights * w
+        if self.weights is not None:
+            rho, w = self.weights * rho, self.weights * w
         zero = torch.zeros_like(rho)
         n_valid = int(valid.sum())
         cost_valid = float(torch.where(valid, rho, zero).sum())

@@ -150,7 +150,7 @@ def test_pose_error():
 def test_projection_jacobian_matches_autograd(model):
     camera = _camera(model)
     p = torch.tensor(_random_points(np.random.default_rng(4)), dtype=torch.float64)
-    uv, J = camera.project_jacobian(p)
+    uv, J, _ = camera.project_jacobian(p)
     uv_ref, _ = camera.project(p, check_bounds=False)
     J_auto = torch.autograd.functional.jacobian(lambda x: camera.project(x, check_bounds=False)[0].sum(0), p)
     np.testing.assert_allclose(uv, uv_ref, atol=1e-12)

@@ -193,22 +193,29 @@ class Camera:
         (:meth:`max_radius2`) and, when ``check_bounds``, the pixel lies inside the image.
         """
         params = self._torch_params(p_cam)
-        z = p_cam[..., 2]
-        valid = z > eps
-        n = p_cam[..., :2] / z.clamp_min(eps)[..., None]
+        n = p_cam[..., :2] / p_cam[..., 2].clamp_min(eps)[..., None]
+        valid = self._projectable(p_cam, n, eps)
         if self.has_distortion:
-            valid = valid & ((n * n).sum(-1) < self.max_radius2())
             n = self._distort(n, params[4:])
         uv = n * params[:2] + params[2:4]
         if check_bounds:
             valid = valid & self.in_image(uv)
         return uv, valid
 
-    def project_jacobian(self, p_cam: torch.Tensor, eps: float = 1e-6):
-        """Camera points ``[..., 3]`` -> ``(uv [..., 2], J [..., 2, 3])`` with ``J = d uv / d p_cam``.
+    def _projectable(self, p_cam: torch.Tensor, n: torch.Tensor, eps: float) -> torch.Tensor:
+        """Depth ``z > eps`` and, with distortion, normalised point ``n`` inside its monotonic
+        range: the ``valid`` of :meth:`project` without the image bounds."""
+        valid = p_cam[..., 2] > eps
+        if self.has_distortion:
+            valid = valid & ((n * n).sum(-1) < self.max_radius2())
+        return valid
 
-        Analytic, distortion included. Points with ``z <= eps`` use ``z = eps`` (mask them with
-        :meth:`project`'s ``valid``).
+    def project_jacobian(self, p_cam: torch.Tensor, eps: float = 1e-6):
+        """Camera points ``[..., 3]`` -> ``(uv [..., 2], J [..., 2, 3], valid [...])`` with
+        ``J = d uv / d p_cam``.
+
+        Analytic, distortion included. Points with ``z <= eps`` use ``z = eps``; ``valid`` is
+        :meth:`project`'s without the image bounds (depth, distortion range).
         """
         params = self._torch_params(p_cam)
         x, y = p_cam[..., 0], p_cam[..., 1]
@@ -218,11 +225,12 @@ class Camera:
         zero = torch.zeros_like(z)
         J_n = torch.stack([inv_z, zero, -x * inv_z * inv_z, zero, inv_z, -y * inv_z * inv_z], dim=-1)
         J_n = J_n.reshape(p_cam.shape[:-1] + (2, 3))
+        valid = self._projectable(p_cam, n, eps)
         if self.has_distortion:
             n, J_d = self._distort(n, params[4:], jacobian=True)
             J_n = J_d @ J_n
         uv = n * params[:2] + params[2:4]
-        return uv, params[:2, None] * J_n
+        return uv, params[:2, None] * J_n, valid
 
     def undistort_normalized(self, nd: torch.Tensor, iterations: int = 20, tol: float = 1e-12) -> torch.Tensor:
         """Distorted normalised coordinates ``[..., 2]`` -> undistorted, by Newton iterations."""
