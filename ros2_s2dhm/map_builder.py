@@ -2,7 +2,8 @@
 
 Per reference image: keypoints chosen for spatial spread (round-robin over a grid of
 cells, longest tracks first inside a cell), their 3D points, hypercolumns sampled
-bilinearly at the keypoints and the NetVLAD descriptor.
+bilinearly at the keypoints, the detail features (relu2_2 at stride 2, for the second level
+of Feature-metric PnP; int8, not projected) sampled there too, and the NetVLAD descriptor.
 
 Compact descriptors: the hypercolumns of up to ``projection_fit_images`` reference images
 (spread over the set) are computed first and a PCA to ``descriptor_dim`` is fitted on a sample
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from .compact_descriptors import quantize_int8
 from .datasets.base import Dataset, read_image
-from .features.backbone import HYPERCOLUMN_STRIDE
+from .features.backbone import DETAIL_DIM, DETAIL_STRIDE, HYPERCOLUMN_STRIDE
 from .features.pca import PCA
 from .features.preprocess import prepare_image
 from .geometry.pixels import image_to_feature, scale_pixels
@@ -33,6 +34,8 @@ from .point_selection import select_spread
 from .reference_map import MapWriter, ReferenceMap
 
 PARTS = "parts"
+#: Changes when a part's content changes, so parts of an older build are recomputed.
+PARTS_FORMAT = 2
 
 
 @dataclass
@@ -63,7 +66,7 @@ def _save_part(out_dir: Path, i: int, part: dict) -> None:
 
 
 def _build_signature(dataset: Dataset, weights_sha256: str, config: MapBuildConfig) -> dict:
-    return {"weights_sha256": weights_sha256, "config": asdict(config),
+    return {"parts": PARTS_FORMAT, "weights_sha256": weights_sha256, "config": asdict(config),
             "references": [r.name for r in dataset.references]}
 
 
@@ -84,11 +87,14 @@ def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device,
     sel = select_spread(ref.keypoints, track_lengths[ref.point_ids], ref.camera.width,
                            ref.camera.height, config.max_keypoints, config.grid)
     kps = ref.keypoints[sel]
-    cells = image_to_feature(scale_pixels(torch.from_numpy(kps).double(), torch.tensor(scale).double()),
-                             HYPERCOLUMN_STRIDE)
-    desc = sample_descriptors(out.hypercolumn[0], cells.to(device).float())
+    pixels = scale_pixels(torch.from_numpy(kps).double(), torch.tensor(scale).double())
+    desc = sample_descriptors(out.hypercolumn[0],
+                              image_to_feature(pixels, HYPERCOLUMN_STRIDE).to(device).float())
+    detail, detail_scales = quantize_int8(sample_descriptors(
+        out.detail[0], image_to_feature(pixels, DETAIL_STRIDE).to(device).float()))
     part = {"keypoints": kps.astype(np.float32), "point_ids": ref.point_ids[sel],
-            "global_descriptor": out.global_descriptor[0].float().cpu().numpy()}
+            "global_descriptor": out.global_descriptor[0].float().cpu().numpy(),
+            "detail": detail.cpu().numpy(), "detail_scales": detail_scales.cpu().numpy()}
     if projection is None:
         part["descriptors_full"] = desc.half().cpu().numpy()
     else:
@@ -147,13 +153,14 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
     for i in range(n):
         with np.load(_part_path(out_dir, i)) as p:
             k = max(k, len(p["keypoints"]))
-    writer = MapWriter(out_dir, n, k, projection.output_dim)
+    writer = MapWriter(out_dir, n, k, projection.output_dim, DETAIL_DIM)
     globals_ = []
     for i in range(n):
         p = dict(np.load(_part_path(out_dir, i)))
         if "descriptors_full" in p:
             p.update(_compress(torch.from_numpy(p["descriptors_full"]), projection))
-        writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"])
+        writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"],
+                       p["detail"], p["detail_scales"])
         globals_.append(p["global_descriptor"])
     globals_ = np.stack(globals_).astype(np.float32)
     pca = PCA.fit(globals_, dim=config.pca_dim)

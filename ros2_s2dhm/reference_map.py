@@ -12,6 +12,9 @@ config, the matching-descriptor settings, cameras, names, array shapes/dtypes/sh
     descriptors [N,K,d] int8       hypercolumns at the keypoints, projected to
                                    the matching space and quantised            (rows on demand)
     descriptor_scales [N,K] f16    per-vector scale: descriptor ~= q * scale   (rows on demand)
+    detail_descriptors [N,K,128] int8  optional: relu2_2 features (stride 2, unit norm) at the
+                                   keypoints, the detail level of Feature-metric PnP (rows on demand)
+    detail_scales [N,K] f16        their per-vector scales                     (rows on demand)
     pca_<key>          PCA of the global descriptors (features.pca.PCA state)
     projection_<key>   PCA of the hypercolumns into the matching space
 
@@ -42,6 +45,8 @@ SMALL_ARRAYS = {"rotations": np.float64, "translations": np.float64, "global_des
 #: Arrays with K keypoints per image, read per reference on demand.
 ROW_ARRAYS = {"keypoints": np.float32, "points3d": np.float64, "valid": np.bool_,
               "descriptors": np.int8, "descriptor_scales": np.float16}
+#: Optional row arrays: maps built before the detail level have none (single-level refinement).
+DETAIL_ARRAYS = {"detail_descriptors": np.int8, "detail_scales": np.float16}
 _ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}
 _STATES = ("pca", "projection")
 
@@ -130,25 +135,36 @@ class MapWriter:
     valid map.
     """
 
-    def __init__(self, map_dir, num_images: int, num_keypoints: int, descriptor_dim: int):
+    def __init__(self, map_dir, num_images: int, num_keypoints: int, descriptor_dim: int,
+                 detail_dim: int = 0):
         self.dir = Path(map_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / MANIFEST).unlink(missing_ok=True)
         n, k, d = int(num_images), max(1, int(num_keypoints)), int(descriptor_dim)
         shapes = {"keypoints": (n, k, 2), "points3d": (n, k, 3), "valid": (n, k),
                   "descriptors": (n, k, d), "descriptor_scales": (n, k)}
+        if detail_dim:
+            shapes.update(detail_descriptors=(n, k, int(detail_dim)), detail_scales=(n, k))
+        dtypes = {**ROW_ARRAYS, **DETAIL_ARRAYS}
         self.rows = {name: np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+",
-                                                     dtype=ROW_ARRAYS[name], shape=shape)
+                                                     dtype=dtypes[name], shape=shape)
                      for name, shape in shapes.items()}
         self.num_keypoints = k
 
-    def set_row(self, i: int, keypoints, points3d, descriptors, scales) -> None:
-        """Image i's M <= K keypoints [M,2], points [M,3], int8 descriptors [M,d], scales [M]."""
+    def set_row(self, i: int, keypoints, points3d, descriptors, scales, detail=None,
+                detail_scales=None) -> None:
+        """Image i's M <= K keypoints [M,2], points [M,3], int8 descriptors [M,d], scales [M]
+        and, when the map has a detail level, int8 detail descriptors [M,128] and scales [M]."""
         m = len(keypoints)
         if m > self.num_keypoints:
             raise ValueError(f"image {i}: {m} keypoints exceed the map's {self.num_keypoints}")
-        for name, value in (("keypoints", keypoints), ("points3d", points3d),
-                            ("descriptors", descriptors), ("descriptor_scales", scales)):
+        values = [("keypoints", keypoints), ("points3d", points3d), ("descriptors", descriptors),
+                  ("descriptor_scales", scales)]
+        if "detail_descriptors" in self.rows:
+            if detail is None or detail_scales is None:
+                raise ValueError(f"image {i}: this map has a detail level; pass its descriptors")
+            values += [("detail_descriptors", detail), ("detail_scales", detail_scales)]
+        for name, value in values:
             self.rows[name][i] = 0
             self.rows[name][i, :m] = value
         self.rows["valid"][i] = False
@@ -173,6 +189,8 @@ class MapWriter:
             path = self.dir / f"{name}.npy"
             arr = self.rows.get(name, arrays.get(name))
             meta[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _sha256(path)}
+        detail_dim = (int(self.rows["detail_descriptors"].shape[-1])
+                      if "detail_descriptors" in self.rows else 0)
         self.rows = {}
         proj = projection
         manifest = {
@@ -183,6 +201,10 @@ class MapWriter:
                             "source_dim": int(np.asarray(proj["components"]).shape[1]),
                             "whiten": bool(np.asarray(proj.get("whiten", False))),
                             "quantization": "int8, one float16 scale per vector"},
+            **({"detail": {"layer": "relu2_2", "stride": 2,
+                           "dim": detail_dim,
+                           "quantization": "int8, one float16 scale per vector"}}
+               if "detail_descriptors" in meta else {}),
             "names": list(names),
             "cameras": [{"model": c.model, "width": c.width, "height": c.height,
                          "params": [float(p) for p in c.params]} for c in cameras],
@@ -217,6 +239,8 @@ class ReferenceMap:
     unit: str = "m"
     config: dict = field(default_factory=dict)
     directory: Path | None = None
+    detail_descriptors: np.ndarray | None = None
+    detail_scales: np.ndarray | None = None
 
     def __post_init__(self):
         self._check_shapes(str(self.directory or "<memory>"))
@@ -232,6 +256,15 @@ class ReferenceMap:
     @property
     def descriptor_dim(self) -> int:
         return self.descriptors.shape[2]
+
+    @property
+    def has_detail(self) -> bool:
+        """Whether the map stores the detail level of Feature-metric PnP."""
+        return self.detail_descriptors is not None
+
+    @property
+    def detail_dim(self) -> int:
+        return self.detail_descriptors.shape[2] if self.has_detail else 0
 
     @property
     def centers(self) -> np.ndarray:
@@ -263,6 +296,10 @@ class ReferenceMap:
             "descriptors": (n, k, self.descriptors.shape[-1]), "descriptor_scales": (n, k),
             "global_descriptors": (n, self.global_descriptors.shape[-1]),
         }
+        if (self.detail_descriptors is None) != (self.detail_scales is None):
+            raise MapFormatError(f"map {where}: detail_descriptors and detail_scales come together")
+        if self.has_detail:
+            expected.update(detail_descriptors=(n, k, self.detail_dim), detail_scales=(n, k))
         for name, shape in expected.items():
             found = tuple(getattr(self, name).shape)
             if found != shape:
@@ -331,7 +368,7 @@ class ReferenceMap:
             path = map_dir / f"{name}.npy"
             if not path.is_file():
                 raise MapFormatError(f"map {map_dir}: array file {path.name} is missing")
-            if name in ROW_ARRAYS:
+            if name in ROW_ARRAYS or name in DETAIL_ARRAYS:
                 arr = NpyRows(path)
             else:
                 try:
@@ -345,8 +382,8 @@ class ReferenceMap:
         missing = [k for k in _ARRAY_DTYPES if k not in arrays]
         if missing:
             raise MapFormatError(f"{map_dir / MANIFEST}: arrays {missing} are missing from the manifest")
-        for k, dtype in _ARRAY_DTYPES.items():
-            if arrays[k].dtype != dtype:
+        for k, dtype in {**_ARRAY_DTYPES, **DETAIL_ARRAYS}.items():
+            if k in arrays and arrays[k].dtype != dtype:
                 raise MapFormatError(f"map {map_dir}: {k}.npy has dtype {arrays[k].dtype}, expected "
                                      f"{np.dtype(dtype)}")
         try:
@@ -361,7 +398,8 @@ class ReferenceMap:
                    weights_kind=manifest.get("weights_kind", "unknown"),
                    image_size=int(manifest.get("image_size", 512)),
                    unit=manifest.get("unit", "m"), config=manifest.get("config", {}),
-                   directory=map_dir, **states, **{k: arrays[k] for k in _ARRAY_DTYPES})
+                   directory=map_dir, **states, **{k: arrays[k] for k in _ARRAY_DTYPES},
+                   **{k: arrays[k] for k in DETAIL_ARRAYS if k in arrays})
 
     @classmethod
     def verify(cls, map_dir) -> int:
@@ -383,11 +421,14 @@ class ReferenceMap:
 
 def _copy_rows(source: ReferenceMap, out_dir, rows: np.ndarray) -> MapWriter:
     """A MapWriter whose image i holds ``source``'s image ``rows[i]`` (valid keypoints only)."""
-    writer = MapWriter(out_dir, len(rows), source.num_keypoints, source.descriptor_dim)
+    writer = MapWriter(out_dir, len(rows), source.num_keypoints, source.descriptor_dim,
+                       source.detail_dim)
     for i, j in enumerate(rows):
         m = int(np.asarray(source.valid[j]).sum())
+        detail = ((source.detail_descriptors[j][:m], source.detail_scales[j][:m])
+                  if source.has_detail else ())
         writer.set_row(i, source.keypoints[j][:m], source.points3d[j][:m],
-                       source.descriptors[j][:m], source.descriptor_scales[j][:m])
+                       source.descriptors[j][:m], source.descriptor_scales[j][:m], *detail)
     return writer
 
 

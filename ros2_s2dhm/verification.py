@@ -78,7 +78,8 @@ class Hypothesis:
     """One retrieved reference and what its matches say.
 
     uv [M,2] query pixels, points3d [M,3], match_scores [M], descriptors [M,d] (the reference's
-    matching descriptors, on the device) are its kept matches; inliers [M] bool after RANSAC.
+    matching descriptors, on the device) and keypoint_ids [M] (their indices in the reference's
+    map row) are its kept matches; inliers [M] bool after RANSAC.
     """
 
     reference: int
@@ -96,6 +97,7 @@ class Hypothesis:
     distance: float = float("nan")
     score: float = 0.0
     reason: str | None = None
+    keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_matches(self) -> int:

@@ -19,6 +19,9 @@ from ros2_s2dhm.features import (
     weights_hash,
 )
 from ros2_s2dhm.features.backbone import (
+    DETAIL_DIM,
+    DETAIL_LAYER,
+    DETAIL_STRIDE,
     TAP_CHANNELS,
     TAP_STRIDES,
     _upsample_aligned,
@@ -93,6 +96,10 @@ def test_one_pass_gives_taps_and_conv5_3(net, images):
         torch.testing.assert_close(net.global_descriptor(images), out.global_descriptor)
         for got, ref in zip(net.taps(images), taps):
             torch.testing.assert_close(got, ref)
+        # the detail level (Feature-PnP's second pass) comes from the same pass: relu2_2, stride 2
+        relu2_2 = net.encoder[:DETAIL_LAYER](images)
+        assert out.detail.shape == (1, DETAIL_DIM, 32, 48) and 64 // out.detail.shape[2] == DETAIL_STRIDE
+        torch.testing.assert_close(out.detail, F.normalize(relu2_2, dim=1))
 
 
 def test_hypercolumn_upsampling_keeps_pixel_centres():

@@ -151,3 +151,58 @@ def test_refinement_points_spread_and_weighted_as_configured(tiny_map_dir, rando
     assert available.min() >= 5, available
     assert cells[2].tolist() == [5, 5, 5, 5], cells
     assert cells[1].tolist() != [5, 5, 5, 5], cells  # the best scores are not spread evenly
+
+
+def test_refinement_runs_the_matching_space_then_the_detail_level(tiny_map_dir, random_network, scene):
+    """Feature-PnP's second pass starts where the first ended, on the stride-2 detail map of the
+    query and the map's detail descriptors of the same inliers; without them it runs once."""
+    net, info = random_network
+    world, camera = scene
+    image, _ = render_view(world, street_pose(4.0), camera)
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    assert ref_map.has_detail
+    calls = []
+
+    class Recorder:
+        def __init__(self, real):
+            self.real = real
+
+        def refine(self, pose, points3d, ref, fmap, fmap_camera, weights=None):
+            result = self.real.refine(pose, points3d, ref, fmap, fmap_camera, weights)
+            calls.append((pose, points3d.clone(), ref.clone(), fmap, fmap_camera, result))
+            return result
+
+    def run(reference_map, **options):
+        calls.clear()
+        loc = Localizer(net, reference_map, dataclasses.replace(_config(), **options))
+        qf = loc.features(image, camera)
+        hyps = loc.retrieve(qf)
+        loc.match(qf, hyps)
+        loc.verify(qf, hyps)
+        decision = loc.decide(qf, hyps)
+        assert decision is not None
+        loc.refiner = Recorder(loc.refiner)
+        return qf, decision, loc.refine(qf, decision)
+
+    qf, decision, (result, reason) = run(ref_map)
+    assert len(calls) == 2 and reason.startswith("matching ") and ", detail " in reason
+    (pose1, pts1, ref1, fmap1, cam1, res1), (pose2, pts2, ref2, fmap2, cam2, res2) = calls
+    assert fmap1 is qf.fine and fmap2 is qf.detail and result is res2
+    assert qf.detail.shape[1:] == (qf.fine.shape[1] * 2, qf.fine.shape[2] * 2)  # 64x48 vs 32x24
+    assert cam2.K[0, 0] == pytest.approx(2 * cam1.K[0, 0])
+    assert pose1 is decision.pose and pose2 is res1.pose and torch.equal(pts1, pts2)
+    # the same inliers' detail descriptors, read from their references' map rows
+    inl = np.flatnonzero(decision.inliers)
+    inl = inl[select_spread(decision.uv[inl], decision.match_scores[inl], camera.width, camera.height,
+                            1024, 16)]
+    expected = np.stack([ref_map.detail_descriptors[r][k].astype(np.float32)
+                         * np.float32(ref_map.detail_scales[r][k]) for r, k in decision.sources[inl]])
+    np.testing.assert_allclose(ref2.cpu().numpy(), expected, rtol=1e-6)
+    assert ref1.shape[1] == ref_map.descriptor_dim and ref2.shape[1] == ref_map.detail_dim
+    # off, or a map built before the detail level: one pass in the matching space
+    for reference_map, options in ((ref_map, {"refine_detail": False}),
+                                   (dataclasses.replace(ref_map, detail_descriptors=None,
+                                                        detail_scales=None), {})):
+        qf, _, (result, reason) = run(reference_map, **options)
+        assert len(calls) == 1 and calls[0][3] is qf.fine and result is calls[0][5]
+        assert reason == result.reason

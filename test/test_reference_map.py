@@ -62,6 +62,33 @@ def test_round_trip_reads_rows_on_demand_and_equal(tmp_path):
     assert manifest["descriptors"]["dim"] == 8 and manifest["descriptors"]["source_dim"] == 32
 
 
+def test_detail_level_round_trips_and_is_optional(tmp_path):
+    m = _map()
+    assert not m.has_detail and m.detail_dim == 0
+    rng = np.random.default_rng(1)
+    detail = dataclasses.replace(
+        m, detail_descriptors=rng.integers(-127, 128, (3, 5, 6)).astype(np.int8),
+        detail_scales=rng.uniform(0.001, 0.01, (3, 5)).astype(np.float16))
+    detail.save(tmp_path / "detail")
+    back = ReferenceMap.load(tmp_path / "detail")
+    assert back.has_detail and back.detail_dim == 6 and isinstance(back.detail_descriptors, NpyRows)
+    for key in ("detail_descriptors", "detail_scales"):
+        assert np.array_equal(np.asarray(getattr(back, key)), _masked(detail, key)), key
+    manifest = json.loads((tmp_path / "detail" / "manifest.json").read_text())
+    assert manifest["detail"] == {"layer": "relu2_2", "stride": 2, "dim": 6,
+                                  "quantization": "int8, one float16 scale per vector"}
+    assert ReferenceMap.verify(tmp_path / "detail") == len(manifest["arrays"])
+    copy = replicate_map(back, tmp_path / "copies", 5)  # replicated maps keep the level
+    assert ReferenceMap.load(copy).detail_descriptors[4].tobytes() == back.detail_descriptors[1].tobytes()
+    m.save(tmp_path / "plain")  # a map without it (built before the level existed) still opens
+    plain = ReferenceMap.load(tmp_path / "plain")
+    assert not plain.has_detail and "detail" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    with pytest.raises(MapFormatError, match="detail_scales"):
+        dataclasses.replace(m, detail_descriptors=detail.detail_descriptors)
+    with pytest.raises(MapFormatError, match="detail_descriptors"):
+        dataclasses.replace(detail, detail_descriptors=detail.detail_descriptors[:2])
+
+
 def test_opening_reads_no_row_array_whole(tmp_path, monkeypatch):
     _map().save(tmp_path / "map")
     loaded = []

@@ -17,7 +17,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from ros2_s2dhm.features.netvlad import NetVLAD
 
 __all__ = ["HYPERCOLUMN_LAYERS", "HYPERCOLUMN_STRIDE", "HYPERCOLUMN_DIM", "TAP_STRIDES",
-           "TAP_CHANNELS", "NetworkOutput", "S2DHMNetwork", "build_encoder", "hypercolumn_from_taps"]
+           "TAP_CHANNELS", "DETAIL_LAYER", "DETAIL_STRIDE", "DETAIL_DIM", "NetworkOutput", "S2DHMNetwork", "build_encoder", "hypercolumn_from_taps"]
 
 # Inputs of these encoder layers: relu3_2, pool3, relu4_2, pool4, relu5_2.
 HYPERCOLUMN_LAYERS = (14, 17, 21, 24, 28)
@@ -25,6 +25,11 @@ TAP_STRIDES = (4, 8, 8, 16, 16)
 TAP_CHANNELS = (256, 256, 512, 512, 512)
 HYPERCOLUMN_STRIDE = 4
 HYPERCOLUMN_DIM = sum(TAP_CHANNELS)  # 2048
+# The detail level of Feature-metric PnP: the input of encoder layer 9 (relu2_2, before pool2),
+# 128 channels at stride 2, a finer map than the hypercolumn's 1/4 (the paper's stated limit).
+DETAIL_LAYER = 9
+DETAIL_STRIDE = 2
+DETAIL_DIM = 128
 ENCODER_DIM = 512                    # conv5_3 channels, NetVLAD input
 NUM_ENCODER_LAYERS = 29              # features[:-2] of VGG-16
 
@@ -32,10 +37,13 @@ NUM_ENCODER_LAYERS = 29              # features[:-2] of VGG-16
 @dataclass
 class NetworkOutput:
     """hypercolumn [B, 2048, H//4, W//4] float32, unit L2 norm per pixel;
-    global_descriptor [B, K*512] float32, unit L2 norm."""
+    global_descriptor [B, K*512] float32, unit L2 norm;
+    detail [B, 128, H//2, W//2] float32, relu2_2 with unit L2 norm per pixel (pixel u of the
+    input at (u + 0.5) / 2 - 0.5)."""
 
     hypercolumn: torch.Tensor
     global_descriptor: torch.Tensor
+    detail: torch.Tensor
 
 
 def build_encoder() -> nn.Sequential:
@@ -103,22 +111,26 @@ class S2DHMNetwork(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _encode(self, images: torch.Tensor, with_conv5_3: bool,
-                autocast_bf16: bool | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """One encoder pass: the 5 taps (inputs of HYPERCOLUMN_LAYERS) and, optionally, conv5_3."""
+    def _encode(self, images: torch.Tensor, with_conv5_3: bool, autocast_bf16: bool | None
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """One encoder pass: the 5 taps (inputs of HYPERCOLUMN_LAYERS), conv5_3 (or None) and
+        the detail tap (input of DETAIL_LAYER)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected [B, 3, H, W], got {tuple(images.shape)}")
         last = NUM_ENCODER_LAYERS if with_conv5_3 else HYPERCOLUMN_LAYERS[-1]
         taps = []
+        detail = images
         x = images
         with self._autocast(images, autocast_bf16):
             for index in range(last):
                 if index in HYPERCOLUMN_LAYERS:
                     taps.append(x)
+                if index == DETAIL_LAYER:
+                    detail = x
                 x = self.encoder[index](x)
             if last == HYPERCOLUMN_LAYERS[-1]:
                 taps.append(x)
-        return taps, (x if with_conv5_3 else None)
+        return taps, (x if with_conv5_3 else None), detail
 
     def taps(self, images: torch.Tensor, autocast_bf16: bool | None = None) -> list[torch.Tensor]:
         """images [B, 3, H, W] -> 5 tensors at native strides (4, 8, 8, 16, 16) with
@@ -127,9 +139,10 @@ class S2DHMNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor, autocast_bf16: bool | None = None) -> NetworkOutput:
         """images [B, 3, H, W] ImageNet-normalised -> :class:`NetworkOutput` (one encoder pass)."""
-        taps, conv5_3 = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
+        taps, conv5_3, detail = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
         return NetworkOutput(hypercolumn=hypercolumn_from_taps(taps),
-                             global_descriptor=self.netvlad(conv5_3.float()))
+                             global_descriptor=self.netvlad(conv5_3.float()),
+                             detail=F.normalize(detail.float(), p=2, dim=1))
 
     def hypercolumn(self, images: torch.Tensor, autocast_bf16: bool | None = None) -> torch.Tensor:
         """images [B, 3, H, W] -> [B, 2048, H//4, W//4] float32, unit norm per pixel."""
