@@ -340,7 +340,7 @@ class ReferenceMap:
             raise MapFormatError(
                 f"{manifest_path}: map format version 1 (full 2048-d fp16 descriptors, about "
                 f"17 MB per image) is no longer read; this build reads version {MAP_VERSION} "
-                f"(compact int8 descriptors, under 1 MB per image): {_REBUILD}")
+                f"(compact int8 descriptors, about 1.4 MB per image): {_REBUILD}")
         if version != MAP_VERSION:
             raise MapFormatError(f"{manifest_path}: map format version {version} is not supported "
                                  f"(this build reads version {MAP_VERSION}); {_REBUILD}")
