@@ -308,8 +308,11 @@ def test_newest_frame_only_under_fast_input(harness):
     assert elapsed < sent * 0.01 + 0.5 + 2 * delay + 1.0
     n = len(h.diagnostics)
     stats = values(h.status_after(n, None, ""))  # a heartbeat after the last result
-    assert int(stats["frames_dropped"]) >= sent - processed - 1 > 0
-    assert int(stats["frames_received"]) + int(stats["frames_lost"]) == sent
+    # every frame that reached the callback was processed or replaced by a newer one (on a busy
+    # machine a few never reach it: history depth 1, counted as lost)
+    received = int(stats["frames_received"])
+    assert int(stats["frames_dropped"]) >= received - processed - 1 > 0
+    assert received + int(stats["frames_lost"]) == sent
     assert float(stats["latency_receive_to_result_ms"]) < 3 * 1e3 * delay
     print(f"\nfast input: sent {sent} at 100 Hz, processed {processed}, dropped "
           f"{stats['frames_dropped']}, newest answered {elapsed:.2f} s after the first frame")
