@@ -26,7 +26,7 @@ from ros2_s2dhm.datasets import load_dataset
 from ros2_s2dhm.datasets.synthetic.generate import SIZES, generate_synthetic
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation import report as rep
-from ros2_s2dhm.evaluation.recall import evaluate_recall
+from ros2_s2dhm.evaluation.recall import REPORT_THRESHOLDS, evaluate_recall
 from ros2_s2dhm.evaluation.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     (args.out / "node.log").write_text(node_log)
 
     recorded = read_submission(out) if out.is_file() else {}
-    report = evaluate_recall({n: args.condition for n in frames}, {"fpnp": recorded}, frames)
+    report = evaluate_recall({n: args.condition for n in frames}, {"fpnp": recorded}, frames,
+                             REPORT_THRESHOLDS)
     latency = np.array([(r.received_ns - t0 - (r.stamp_ns - first_stamp) / args.rate) / 1e6
                         for r in collector.records.values()])
     print(f"\nweights: {rep.describe_weights(info)}; device {device}; replay rate {args.rate}")

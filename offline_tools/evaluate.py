@@ -33,7 +33,7 @@ from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.errors import DatasetError, S2DHMError
 from ros2_s2dhm.evaluation import report as rep
 from ros2_s2dhm.evaluation.plots import plot_all_conditions
-from ros2_s2dhm.evaluation.recall import evaluate_recall
+from ros2_s2dhm.evaluation.recall import REPORT_THRESHOLDS, evaluate_recall
 from ros2_s2dhm.evaluation.reliability import (confidence_curve, operating_point,
                                                plot_confidence_curve, retrieval_accuracy)
 from ros2_s2dhm.evaluation.run import (evaluate_queries, failure_counts, outcome_conditions,
@@ -44,8 +44,7 @@ from ros2_s2dhm.runtime import build_localizer
 from offline_tools.common import add_localizer_args, add_weights_args, localizer_options, resolve_device
 
 log = logging.getLogger("evaluate")
-#: A tight threshold (where Feature-PnP's gain shows on synthetic data) beside the standard three.
-DEFAULT_THRESHOLDS = ((0.05, 0.5), (0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+DEFAULT_THRESHOLDS = REPORT_THRESHOLDS
 
 
 def parse_threshold(text: str) -> tuple[float, float]:
