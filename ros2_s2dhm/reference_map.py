@@ -48,6 +48,7 @@ ROW_ARRAYS = {"keypoints": np.float32, "points3d": np.float64, "valid": np.bool_
 #: Optional row arrays: maps built before the detail level have none (single-level refinement).
 DETAIL_ARRAYS = {"detail_descriptors": np.int8, "detail_scales": np.float16}
 _ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}
+_ROW_DTYPES = {**ROW_ARRAYS, **DETAIL_ARRAYS}  # every array read row by row
 _STATES = ("pca", "projection")
 
 _REBUILD = "rebuild it with `build_map --dataset DIR --out MAP`"
@@ -145,9 +146,8 @@ class MapWriter:
                   "descriptors": (n, k, d), "descriptor_scales": (n, k)}
         if detail_dim:
             shapes.update(detail_descriptors=(n, k, int(detail_dim)), detail_scales=(n, k))
-        dtypes = {**ROW_ARRAYS, **DETAIL_ARRAYS}
         self.rows = {name: np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+",
-                                                     dtype=dtypes[name], shape=shape)
+                                                     dtype=_ROW_DTYPES[name], shape=shape)
                      for name, shape in shapes.items()}
         self.num_keypoints = k
 
@@ -189,8 +189,6 @@ class MapWriter:
             path = self.dir / f"{name}.npy"
             arr = self.rows.get(name, arrays.get(name))
             meta[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _sha256(path)}
-        detail_dim = (int(self.rows["detail_descriptors"].shape[-1])
-                      if "detail_descriptors" in self.rows else 0)
         self.rows = {}
         proj = projection
         manifest = {
@@ -202,7 +200,7 @@ class MapWriter:
                             "whiten": bool(np.asarray(proj.get("whiten", False))),
                             "quantization": "int8, one float16 scale per vector"},
             **({"detail": {"layer": "relu2_2", "stride": 2,
-                           "dim": detail_dim,
+                           "dim": meta["detail_descriptors"]["shape"][-1],
                            "quantization": "int8, one float16 scale per vector"}}
                if "detail_descriptors" in meta else {}),
             "names": list(names),
@@ -368,7 +366,7 @@ class ReferenceMap:
             path = map_dir / f"{name}.npy"
             if not path.is_file():
                 raise MapFormatError(f"map {map_dir}: array file {path.name} is missing")
-            if name in ROW_ARRAYS or name in DETAIL_ARRAYS:
+            if name in _ROW_DTYPES:
                 arr = NpyRows(path)
             else:
                 try:
@@ -382,7 +380,7 @@ class ReferenceMap:
         missing = [k for k in _ARRAY_DTYPES if k not in arrays]
         if missing:
             raise MapFormatError(f"{map_dir / MANIFEST}: arrays {missing} are missing from the manifest")
-        for k, dtype in {**_ARRAY_DTYPES, **DETAIL_ARRAYS}.items():
+        for k, dtype in {**_ARRAY_DTYPES, **_ROW_DTYPES}.items():
             if k in arrays and arrays[k].dtype != dtype:
                 raise MapFormatError(f"map {map_dir}: {k}.npy has dtype {arrays[k].dtype}, expected "
                                      f"{np.dtype(dtype)}")

@@ -39,11 +39,11 @@ class NetworkOutput:
     """hypercolumn [B, 2048, H//4, W//4] float32, unit L2 norm per pixel;
     global_descriptor [B, K*512] float32, unit L2 norm;
     detail [B, 128, H//2, W//2] float32, relu2_2 with unit L2 norm per pixel (pixel u of the
-    input at (u + 0.5) / 2 - 0.5)."""
+    input at (u + 0.5) / 2 - 0.5), None when not asked for."""
 
     hypercolumn: torch.Tensor
     global_descriptor: torch.Tensor
-    detail: torch.Tensor
+    detail: torch.Tensor | None = None
 
 
 def build_encoder() -> nn.Sequential:
@@ -112,14 +112,14 @@ class S2DHMNetwork(nn.Module):
         return contextlib.nullcontext()
 
     def _encode(self, images: torch.Tensor, with_conv5_3: bool, autocast_bf16: bool | None
-                ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """One encoder pass: the 5 taps (inputs of HYPERCOLUMN_LAYERS), conv5_3 (or None) and
-        the detail tap (input of DETAIL_LAYER)."""
+        the detail tap (input of DETAIL_LAYER; None when the pass stops before it)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected [B, 3, H, W], got {tuple(images.shape)}")
         last = NUM_ENCODER_LAYERS if with_conv5_3 else HYPERCOLUMN_LAYERS[-1]
         taps = []
-        detail = images
+        detail = None
         x = images
         with self._autocast(images, autocast_bf16):
             for index in range(last):
@@ -137,12 +137,14 @@ class S2DHMNetwork(nn.Module):
         (256, 256, 512, 512, 512) channels; stops before conv5_3 (for training)."""
         return self._encode(images, with_conv5_3=False, autocast_bf16=autocast_bf16)[0]
 
-    def forward(self, images: torch.Tensor, autocast_bf16: bool | None = None) -> NetworkOutput:
-        """images [B, 3, H, W] ImageNet-normalised -> :class:`NetworkOutput` (one encoder pass)."""
-        taps, conv5_3, detail = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
+    def forward(self, images: torch.Tensor, autocast_bf16: bool | None = None,
+                detail: bool = True) -> NetworkOutput:
+        """images [B, 3, H, W] ImageNet-normalised -> :class:`NetworkOutput` (one encoder pass);
+        ``detail`` False skips normalising the detail tap (a map without that level)."""
+        taps, conv5_3, relu2_2 = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
         return NetworkOutput(hypercolumn=hypercolumn_from_taps(taps),
                              global_descriptor=self.netvlad(conv5_3.float()),
-                             detail=F.normalize(detail.float(), p=2, dim=1))
+                             detail=F.normalize(relu2_2.float(), p=2, dim=1) if detail else None)
 
     def hypercolumn(self, images: torch.Tensor, autocast_bf16: bool | None = None) -> torch.Tensor:
         """images [B, 3, H, W] -> [B, 2048, H//4, W//4] float32, unit norm per pixel."""
