@@ -12,7 +12,10 @@ repeated when there are fewer). Images are read before timing; the first W queri
 each device are warm-up runs and are not counted. CUDA stages are synchronised by the
 localizer, so each stage is charged its own work. ``--devices auto`` (default) means cpu,
 plus cuda when available. Prints a table and writes JSON (``--out``, default
-``benchmark.json``).
+``benchmark.json``). Per device it also reports how far the cascade went (JSON ``cascade``):
+how many timed queries verified more references than the first ``cascade_batch`` and more
+than ``top_k`` (the ``retrieval_extra`` look further), and the median / largest number of
+references verified per query; the time of a query follows that count.
 
 The defaults (tiny synthetic set, 256 px, top-10, 8 queries) take a few minutes on 2 CPU
 cores. The GPU target setting is e.g.
@@ -202,6 +205,7 @@ def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, 
     evaluate_queries(localizer, warm, images.__getitem__, progress=False)
     outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=not args.quiet)
     stages = rep.summarize_timings([o.timings_ms for o in outcomes])
+    cascade = rep.cascade_expansion(outcomes, localizer.config.cascade_batch, localizer.config.top_k)
     localized = sum(o.success for o in outcomes)
     if localized < len(outcomes):
         log.warning("%s: %d of %d queries failed; their later stages (pnp, refine) are missing "
@@ -210,7 +214,7 @@ def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, 
     return {"name": device_name(device), "image_size": localizer.image_size,
             "queries": len(outcomes), "localized": localized,
             "hz_median": 1e3 / total if total > 0 else None, "stages": stages,
-            "weights": rep.describe_weights(info)}
+            "cascade": cascade, "weights": rep.describe_weights(info)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -240,6 +244,7 @@ def run(args: argparse.Namespace) -> dict:
         hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
         print(f"{d}: {r['name']}; image size {r['image_size']}, top-{content['top_k']}, "
               f"{r['localized']}/{r['queries']} localized, {hz} (median total); weights: {r['weights']}")
+        print(f"{d}: " + rep.format_cascade_expansion(r["cascade"]))
     if scale:
         print(f"\nscale ({devices[0]}):\n" + format_scale_table(scale))
     print(f"written to {args.out}")

@@ -1,7 +1,7 @@
 """Generate a synthetic RobotCar-Seasons-like dataset with exact ground truth.
 
     make_synthetic --out DIR [--seed 0] [--size default|tiny] [--conditions sun,night,...]
-                   [--width W --height H] [--layout robotcar|colmap]
+                   [--width W --height H] [--length M] [--layout robotcar|colmap]
 
 Writes images/, intrinsics/, 3D-models/all-merged/all.nvm, ground_truth.txt, queries/ and
 correspondences/ (see ros2_s2dhm.datasets.synthetic.generate). Held-out sets use another --seed.
@@ -29,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=None, help="image width override")
     p.add_argument("--height", type=int, default=None, help="image height override")
     p.add_argument("--queries-per-condition", type=int, default=None, help="override of the preset")
+    p.add_argument("--length", type=float, default=None,
+                   help="metres of street (override of the preset; 120 gives 81 references at 1.5 m)")
     p.add_argument("--layout", choices=("robotcar", "colmap"), default="robotcar",
                    help="RobotCar Seasons layout (default) or a generic COLMAP layout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     size = SIZES[args.size]
     overrides = {k: v for k, v in (("width", args.width), ("height", args.height),
-                                   ("queries_per_condition", args.queries_per_condition)) if v is not None}
+                                   ("queries_per_condition", args.queries_per_condition),
+                                   ("length", args.length)) if v is not None}
     if overrides:
         size = dataclasses.replace(size, **overrides)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None

@@ -11,6 +11,7 @@ from ros2_s2dhm.datasets.synthetic import generate_synthetic
 from ros2_s2dhm.evaluation.run import select_queries
 from ros2_s2dhm.evaluation.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.localizer import LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
 
 IMAGE_SIZE = 128  # small: these tests measure plumbing, not accuracy
@@ -43,10 +44,15 @@ def test_evaluate_writes_complete_results(synthetic_map, tmp_path, capsys):
     localized = {r["name"] for r in rows if r["success"] == "1"}
     for method in ("rpnp", "fpnp"):
         assert set(read_submission(out / f"submission_{method}.txt")) == localized
+    pairs = [line.split() for line in (out / "retrieval_pairs.txt").read_text().splitlines()]
+    assert [q for q, _ in pairs] == [r["name"] for r in rows for _ in range(3)]  # top-3 each
+    assert {ref for _, ref in pairs} <= {r.name for r in dataset.references}
     results = json.loads((out / "results.json").read_text())
     assert results["thresholds"] == [[0.05, 0.5], [0.25, 2], [0.5, 5], [5, 10]]
     assert results["unit"] == "m"
     assert set(results["retrieval"]["conditions"]) == set(conditions) | {"all"}
+    assert results["retrieval"]["tolerance"] == [5, 30] and results["false_pose"] == [5, 10]
+    assert 0 < results["retrieval"]["conditions"]["all"]["hub"]["share"] <= 100
     point = results["confidence"]["operating_point"]
     assert point["returned"] == len(localized) and point["false"] <= point["returned"]
     assert sorted(results["conditions"]) == conditions
@@ -97,6 +103,10 @@ def test_benchmark_on_given_map(synthetic_map, tmp_path):
     assert saved["devices"].keys() == content["devices"].keys()
     cpu = saved["devices"]["cpu"]
     assert cpu["queries"] == 2 and cpu["image_size"] == IMAGE_SIZE
+    cascade = cpu["cascade"]
+    assert (cascade["queries"], cascade["top_k"]) == (2, 2)
+    assert 0 <= cascade["past_top_k"] <= cascade["past_batch"] <= 2
+    assert 1 <= cascade["verified_max"] <= 2 + LocalizerConfig().retrieval_extra
     for stage in ("preprocess", "backbone", "retrieval", "matching", "total"):
         assert cpu["stages"][stage]["count"] == 2
         assert 0 < cpu["stages"][stage]["median"] <= cpu["stages"][stage]["p90"]

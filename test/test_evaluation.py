@@ -155,8 +155,9 @@ def test_results_json_has_the_documented_shape(tmp_path):
     timing = {"backbone": 12.5, "total": 40.0}
     path = write_json(tmp_path / "results.json", results_dict(report, "random init (seed 0)", timing))
     data = json.loads(path.read_text())
-    assert set(data) == {"thresholds", "conditions", "all", "weights", "timing_ms"}
+    assert set(data) == {"thresholds", "false_pose", "conditions", "all", "weights", "timing_ms"}
     assert data["thresholds"] == [[0.25, 2], [0.5, 5], [5, 10]]
+    assert data["false_pose"] == [5, 10]
     assert set(data["conditions"]) == {"night", "dusk"}
     for group in [*data["conditions"].values(), data["all"]]:
         assert set(group) == {"queries", "rpnp", "fpnp"}

@@ -16,13 +16,14 @@ FORMATS = ("auto", "colmap", "robotcar", "cmu")
 
 
 def load_dataset(root: str | Path, conditions: Sequence[str] | None = None,
-                 format: str = "auto") -> Dataset:
+                 format: str = "auto", warn_unit: bool = True) -> Dataset:
     """Load a dataset folder with the reader of its layout.
 
     ``colmap``: ``sparse/`` + ``images/`` (+ ``queries_with_intrinsics.txt``), any COLMAP model
     (:mod:`.colmap_layout`); ``robotcar``: ``images/`` in the RobotCar Seasons layout (also the
     synthetic sets; ``conditions`` selects queries); ``cmu``: ``sparse/`` with ``database/`` or
     ``query/`` (an Extended CMU Seasons slice). ``auto`` tries them in that order.
+    ``warn_unit``: warn about a unit other than ``m`` (a caller that warns itself turns it off).
     """
     root = Path(root)
     if format not in FORMATS:
@@ -32,7 +33,7 @@ def load_dataset(root: str | Path, conditions: Sequence[str] | None = None,
     from .colmap_layout import is_colmap_layout, load_colmap_layout
 
     if format == "colmap" or (format == "auto" and is_colmap_layout(root)):
-        return load_colmap_layout(root)
+        return load_colmap_layout(root, warn_unit)
     if format == "robotcar" or (format == "auto" and (root / "images").is_dir()):
         from .robotcar import load_robotcar_seasons
         return load_robotcar_seasons(root, conditions=list(conditions) if conditions else None)

@@ -84,8 +84,9 @@ def read_queries(root: Path, condition: str = "query") -> list[QueryImage]:
     return queries
 
 
-def load_colmap_layout(root: str | Path) -> Dataset:
-    """Load ``root`` laid out as in the module doc."""
+def load_colmap_layout(root: str | Path, warn_unit: bool = True) -> Dataset:
+    """Load ``root`` laid out as in the module doc. ``warn_unit``: warn when the unit is not
+    ``m`` (off for a caller that warns itself, with the bounds it uses, so a run warns once)."""
     root = Path(root)
     if not is_colmap_layout(root):
         raise DatasetError(f"{root}: not a COLMAP layout (needs sparse/ and images/)")
@@ -99,13 +100,13 @@ def load_colmap_layout(root: str | Path) -> Dataset:
     if clash:
         log.warning("%d queries are also references of the model (e.g. %s): evaluate them with "
                     "--local-validation, or they will retrieve themselves", len(clash), clash[0])
+    unit = read_unit(root)
     log.info("COLMAP layout %s: %d references, %d points, %d queries (unit %s)", root,
-             len(references), len(points), len(queries), read_unit(root))
-    if read_unit(root) != "m":
+             len(references), len(points), len(queries), unit)
+    if warn_unit and unit != "m":
         log.warning("map unit %r: max_reference_distance_m, the tracking and prior radii and the "
-                    "evaluation thresholds are in this unit; set them for the model's scale",
-                    read_unit(root))
-    return Dataset(root.name, root, references, points, queries, read_unit(root))
+                    "evaluation thresholds are in this unit; set them for the model's scale", unit)
+    return Dataset(root.name, root, references, points, queries, unit)
 
 
 def _query_name(dataset: Dataset, query: QueryImage) -> str:

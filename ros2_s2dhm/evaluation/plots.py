@@ -4,6 +4,7 @@ Each figure has two panels: the percentage of queries whose translation error
 (left) or rotation error (right) is at most x, on a logarithmic x axis, in percent
 of all queries of the condition — failed queries never reach the curve, so its
 plateau is the fraction localized. The recall thresholds are drawn as vertical lines.
+Translation errors are in the map's ``unit`` (metres for a metric map).
 """
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ def _cumulative(ax, errors: np.ndarray, label: str, lo: float, hi: float) -> Non
     ax.step(x, y, where="post", label=label)
 
 
-def plot_cumulative_errors(report: RecallReport, path: str | Path, condition: str | None = None) -> Path:
-    """Write the cumulative error plot of ``condition`` (``None``: all queries) to ``path``."""
+def plot_cumulative_errors(report: RecallReport, path: str | Path, condition: str | None = None,
+                           unit: str = "m") -> Path:
+    """Write the cumulative error plot of ``condition`` (``None``: all queries) to ``path``;
+    translation errors in the map's ``unit``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     t_thr = [t for t, _ in report.thresholds]
     r_thr = [r for _, r in report.thresholds]
-    panels = ((axes[0], 0, "translation error [m]", (1e-3, 1e2), t_thr),
+    panels = ((axes[0], 0, f"translation error [{unit}]", (1e-3, 1e2), t_thr),
               (axes[1], 1, "rotation error [deg]", (1e-2, 1.8e2), r_thr))
     n = 0
     for ax, idx, xlabel, (lo, hi), thr in panels:
@@ -59,11 +62,13 @@ def plot_cumulative_errors(report: RecallReport, path: str | Path, condition: st
     return path
 
 
-def plot_all_conditions(report: RecallReport, out_dir: str | Path) -> list[Path]:
-    """One ``cumulative_<condition>.png`` per condition plus ``cumulative_all.png`` in ``out_dir``."""
+def plot_all_conditions(report: RecallReport, out_dir: str | Path, unit: str = "m") -> list[Path]:
+    """One ``cumulative_<condition>.png`` per condition plus ``cumulative_all.png`` in ``out_dir``;
+    translation errors in the map's ``unit``."""
     out_dir = Path(out_dir)
     paths = []
     for condition in [*report.conditions, None]:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", condition or "all")
-        paths.append(plot_cumulative_errors(report, out_dir / f"cumulative_{stem}.png", condition))
+        paths.append(plot_cumulative_errors(report, out_dir / f"cumulative_{stem}.png", condition,
+                                            unit))
     return paths

@@ -1,34 +1,47 @@
 """How far the pipeline's own judgement can be trusted: the confidence's precision-recall curve
-and retrieval accuracy, per condition.
+and retrieval accuracy, per condition. Distances are in the map's unit, angles in degrees; the
+defaults of every bound live in :mod:`ros2_s2dhm.evaluation.recall`.
 
 Confidence curve: every query with a candidate pose (returned or held back below
 ``min_confidence``) is ranked by confidence; at each confidence threshold c the poses with
-confidence >= c would be returned. A returned pose is *false* when it is farther than
-:data:`~ros2_s2dhm.evaluation.recall.FALSE_POSE` from the truth and *correct* when it is within
-``correct`` (default (0.25 m, 2 deg)). precision = 1 - false / returned; recall = correct / all
-queries. A user picks ``min_confidence`` from it.
+confidence >= c would be returned. A returned pose is *false* when it is beyond ``false_pose``
+(default :data:`~ros2_s2dhm.evaluation.recall.FALSE_POSE`, (5, 10°)) from the truth and
+*correct* when it is within ``correct`` (default
+:data:`~ros2_s2dhm.evaluation.recall.CORRECT_POSE`, (0.25, 2°)). precision = 1 - false /
+returned; recall = correct / all queries. A user picks ``min_confidence`` from it.
 
-Retrieval accuracy: a retrieved reference is right when its camera is within 5 m and 30 deg of
-the query's true pose; top-1 and top-k (any of the k) in percent of the queries.
+Retrieval accuracy: a retrieved reference shows the *right place* when its camera centre is
+within ``distance`` (default :data:`~ros2_s2dhm.evaluation.recall.RETRIEVAL_DISTANCE`, 5) of
+the query's true centre **and** its rotation differs from the query's true rotation by at most
+``max_angle_deg`` (default 30°). The angle is kept on purpose: a reference at the same spot
+looking the other way (a road driven in both directions) shares no scene with the query and
+cannot be matched, so it is no help to the localizer. top-1 and top-k (any of the k) are in
+percent of the queries of a group; a query that retrieved nothing is a miss. The *hub* of a
+group is the reference that is the top-1 of the most of its queries; its share (percent of the
+group's queries) shows retrieval collapsing onto one image (e.g. every night query retrieving
+the same dark reference), whether or not that reference is the right place.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ros2_s2dhm.evaluation.recall import FALSE_POSE
+from ros2_s2dhm.errors import DatasetError
+from ros2_s2dhm.evaluation.recall import (CORRECT_POSE, FALSE_POSE, RETRIEVAL_DISTANCE,
+                                          RETRIEVAL_MAX_ANGLE_DEG, format_bound, is_false_pose)
 from ros2_s2dhm.geometry.pose import Pose, pose_error
-
-RETRIEVAL_TOLERANCE = (5.0, 30.0)
 
 
 def confidence_curve(outcomes: Sequence, ground_truth: Mapping[str, Pose],
-                     correct: tuple[float, float] = (0.25, 2.0)) -> list[dict]:
+                     correct: tuple[float, float] = CORRECT_POSE,
+                     false_pose: tuple[float, float] = FALSE_POSE) -> list[dict]:
     """One point per distinct confidence (highest first), plus the point "return nothing".
 
-    Each point: threshold, returned, correct, false, precision (1.0 when nothing returned),
-    recall (percent of all queries).
+    Each point: threshold, returned, correct (within ``correct`` (distance, deg)), false
+    (beyond ``false_pose`` (distance, deg)), precision (1.0 when nothing returned), recall
+    (percent of all queries).
     """
     total = len(outcomes)
     scored = []
@@ -37,7 +50,7 @@ def confidence_curve(outcomes: Sequence, ground_truth: Mapping[str, Pose],
             continue
         dt, dr = pose_error(o.candidate_pose, ground_truth[o.name])
         scored.append((float(o.confidence), dt <= correct[0] and dr <= correct[1],
-                       dt > FALSE_POSE[0] or dr > FALSE_POSE[1]))
+                       bool(is_false_pose(dt, dr, false_pose))))
     scored.sort(key=lambda x: -x[0])
     points = [{"threshold": 1.0 + 1e-9, "returned": 0, "correct": 0, "false": 0,
                "precision": 1.0, "recall": 0.0}]
@@ -60,30 +73,59 @@ def operating_point(curve: Sequence[dict], threshold: float) -> dict:
     return eligible[-1] if eligible else curve[0]
 
 
+def retrieval_hits(outcome, truth: Pose, reference_poses: Mapping[str, Pose],
+                   distance: float = RETRIEVAL_DISTANCE,
+                   max_angle_deg: float = RETRIEVAL_MAX_ANGLE_DEG) -> list[bool]:
+    """Per retrieved reference of ``outcome`` (rank order): whether it shows the right place
+    (see the module doc). Raises DatasetError for a reference without a pose."""
+    hits = []
+    for name in outcome.retrieved_names:
+        if name not in reference_poses:
+            raise DatasetError(f"query {outcome.name}: retrieved reference {name!r} has no pose "
+                               "in the map; evaluate with the map the queries were localized in")
+        dt, dr = pose_error(reference_poses[name], truth)
+        hits.append(dt <= distance and dr <= max_angle_deg)
+    return hits
+
+
+def hub(top1: Sequence[str | None]) -> dict:
+    """``{"reference", "queries", "share"}``: the name that is the top-1 of most of the N
+    queries (``top1`` [N], None where a query retrieved nothing; ties: the first name in sorted
+    order), how many queries have it and their percent of N (0 and None when none retrieved)."""
+    counts = Counter(n for n in top1 if n is not None)
+    if not counts:
+        return {"reference": None, "queries": 0, "share": 0.0}
+    name, count = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"reference": name, "queries": count, "share": 100.0 * count / len(top1)}
+
+
 def retrieval_accuracy(outcomes: Sequence, ground_truth: Mapping[str, Pose],
-                       reference_poses: Mapping[str, Pose],
-                       tolerance: tuple[float, float] = RETRIEVAL_TOLERANCE) -> dict[str, dict]:
-    """``{condition or "all": {"queries", "top1", "topk"}}`` in percent (see module doc)."""
-    groups: dict[str, list[tuple[bool, bool]]] = {}
+                       reference_poses: Mapping[str, Pose], distance: float = RETRIEVAL_DISTANCE,
+                       max_angle_deg: float = RETRIEVAL_MAX_ANGLE_DEG) -> dict[str, dict]:
+    """``{condition, ..., "all": {"queries", "top1", "topk", "hub"}}``: per condition (sorted)
+    and over all queries, the percent of queries whose top-1 / any of whose retrieved references
+    shows the right place (``distance`` in the map's unit, ``max_angle_deg``), and the
+    :func:`hub` of their top-1 references (see the module doc)."""
+    groups: dict[str, list[tuple[bool, bool, str | None]]] = {}
     for o in outcomes:
-        truth = ground_truth[o.name]
-        right = []
-        for name in o.retrieved_names:
-            dt, dr = pose_error(reference_poses[name], truth)
-            right.append(dt <= tolerance[0] and dr <= tolerance[1])
-        entry = (bool(right and right[0]), any(right))
+        right = retrieval_hits(o, ground_truth[o.name], reference_poses, distance, max_angle_deg)
+        entry = (bool(right and right[0]), any(right),
+                 o.retrieved_names[0] if o.retrieved_names else None)
         groups.setdefault(o.condition, []).append(entry)
         groups.setdefault("all", []).append(entry)
     out = {}
     for cond in sorted(g for g in groups if g != "all") + (["all"] if "all" in groups else []):
-        hits = np.array(groups[cond], dtype=bool).reshape(-1, 2)
-        out[cond] = {"queries": len(hits), "top1": 100.0 * float(hits[:, 0].mean()),
-                     "topk": 100.0 * float(hits[:, 1].mean())}
+        entries = groups[cond]
+        hits = np.array([e[:2] for e in entries], dtype=bool).reshape(-1, 2)
+        out[cond] = {"queries": len(entries), "top1": 100.0 * float(hits[:, 0].mean()),
+                     "topk": 100.0 * float(hits[:, 1].mean()), "hub": hub([e[2] for e in entries])}
     return out
 
 
-def plot_confidence_curve(curve: Sequence[dict], path, min_confidence: float | None = None):
-    """Precision (1 - false / returned) against recall, with the operating point marked."""
+def plot_confidence_curve(curve: Sequence[dict], path, min_confidence: float | None = None,
+                          correct: tuple[float, float] = CORRECT_POSE, unit: str = "m"):
+    """Precision (1 - false / returned) against recall at ``correct`` (distance in ``unit``,
+    deg), with the operating point marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +138,7 @@ def plot_confidence_curve(curve: Sequence[dict], path, min_confidence: float | N
         ax.plot([op["recall"]], [100 * op["precision"]], "r*", ms=12,
                 label=f"min_confidence {min_confidence:g}: {op['false']} false of {op['returned']}")
         ax.legend(loc="lower left")
-    ax.set_xlabel("recall at (0.25 m, 2°) [%]")
+    ax.set_xlabel(f"recall at {format_bound(correct, unit)} [%]")
     ax.set_ylabel("precision: returned poses not false [%]")
     ax.set_title("confidence threshold sweep")
     ax.grid(True, alpha=0.3)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ros2_s2dhm.datasets.base import Dataset, QueryImage
 from ros2_s2dhm.errors import DatasetError, S2DHMError
 from ros2_s2dhm.evaluation.recall import METHODS, RecallReport
+from ros2_s2dhm.evaluation.submission import check_name
 from ros2_s2dhm.geometry.pose import Pose
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,23 @@ def write_outcomes_csv(path: str | Path, outcomes: Sequence[QueryOutcome],
                     row += [_fmt(v) for v in report.errors[m][o.name]]
             writer.writerow(row)
     return path
+
+
+def write_retrieval_pairs(path: str | Path, outcomes: Iterable[QueryOutcome]) -> int:
+    """Write hloc's pairs format: one ``query_name reference_name`` line per retrieved reference.
+
+    Every query's retrieved top-k (``retrieved_names``) in rank order, queries in the order of
+    ``outcomes``, failed queries included; a query that never reached retrieval (its image or
+    camera was refused) has no line. Names are those of the submission files (queries) and
+    the map (references). Parent folders are created. Returns the number of lines.
+    Raises DatasetError for a name that is empty or contains whitespace.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{check_name(o.name)} {check_name(ref, 'reference')}"
+             for o in outcomes for ref in o.retrieved_names]
+    path.write_text("".join(line + "\n" for line in lines))
+    return len(lines)
 
 
 def failure_counts(outcomes: Iterable[QueryOutcome]) -> Mapping[str, int]:

@@ -29,11 +29,18 @@ FIELDS = ("name", "qw", "qx", "qy", "qz", "tx", "ty", "tz")
 _UNIT_TOLERANCE = 1e-3  # |‖q‖ - 1| above this is an error; below it Pose normalises q
 
 
+def check_name(name: str, what: str = "query") -> str:
+    """``name`` when it is one non-empty token (these files are whitespace-separated), else
+    DatasetError naming ``what`` it is."""
+    if not name or any(c.isspace() for c in name):
+        raise DatasetError(f"{what} name {name!r} is empty or contains whitespace; names in "
+                           "pose and pairs files must be single tokens such as 'rear/123.jpg'")
+    return name
+
+
 def format_pose_line(name: str, pose: Pose) -> str:
     """One submission line ``name qw qx qy qz tx ty tz`` (shortest exact float text)."""
-    if not name or any(c.isspace() for c in name):
-        raise DatasetError(f"query name {name!r} is empty or contains whitespace; "
-                           "submission names must be single tokens such as 'rear/123.jpg'")
+    check_name(name)
     values = np.concatenate([pose.quaternion_wxyz(), np.asarray(pose.t, dtype=np.float64)])
     return name + " " + " ".join(repr(float(v)) for v in values)
 
