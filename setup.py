@@ -7,7 +7,7 @@ PACKAGE = "ros2_s2dhm"
 
 TOOLS = [
     "build_map", "evaluate", "make_synthetic", "benchmark", "finetune",
-    "make_bag", "play_bag", "record_poses", "demo", "train_retrieval", "verify_map", "soak",
+    "make_bag", "play_bag", "record_poses", "demo", "train_retrieval", "retrieval_check", "verify_map", "soak",
 ]
 
 setup(

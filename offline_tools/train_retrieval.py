@@ -1,27 +1,41 @@
 """Train the NetVLAD layer for retrieval on datasets with known poses (encoder frozen).
 
-    train_retrieval --dataset SET [SET ...] --weights W --out NEW_WEIGHTS.pth [--steps 300]
+    train_retrieval --dataset SET [SET ...] --out NEW_WEIGHTS.pth [--weights default]
+                    [--validate SET ...] [--steps 3000] [--cache DIR]
 
-Each SET is a RobotCar-Seasons-layout folder with the reference model and a
-``ground_truth.txt`` of its queries (as ``make_synthetic`` writes). Prints top-1 retrieval
-recall (reference within --positive-radius) before and after training.
+Each SET is a dataset folder with the reference model and a ``ground_truth.txt`` of its
+queries (as ``make_synthetic`` writes). conv5_3 of every image is computed once (and kept in
+``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
+every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
+the weights). Prints, per condition of the ``--validate`` sets (held out from training;
+default: the training sets), the share of queries whose top-1 / top-10 reference lies within
+``--retrieval-distance`` and the largest share on one top-1 reference, before and after,
+ranked as the localizer ranks (the map's PCA, CSLS hubness reduction).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.errors import S2DHMError
+from ros2_s2dhm.evaluation.recall import RETRIEVAL_DISTANCE
 from ros2_s2dhm.evaluation.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network, save_network
-from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, conv5_features,
-                                           retrieval_recall, train_netvlad)
+from ros2_s2dhm.map_builder import MapBuildConfig
+from ros2_s2dhm.retrieval import fit_global_index, rank_references
+from ros2_s2dhm.training.retrieval import PlaceSet, RetrievalConfig, conv5_features, describe, train_netvlad
 from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+
+log = logging.getLogger("train_retrieval")
+TOP_K = 10
 
 
 def parse_args(argv=None):
@@ -29,53 +43,108 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="train_retrieval", description=doc[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(doc[1:]))
-    p.add_argument("--dataset", nargs="+", required=True, type=Path, help="dataset folders")
+    p.add_argument("--dataset", nargs="+", required=True, type=Path, help="training dataset folders")
+    p.add_argument("--validate", nargs="+", type=Path, default=None,
+                   help="held-out dataset folders scored before and after (default: the training sets)")
     p.add_argument("--out", required=True, type=Path, help="weights file to write")
+    p.add_argument("--cache", type=Path, default=None, help="folder for the conv5_3 features")
     add_weights_args(p)
     d = RetrievalConfig()
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--margin", type=float, default=d.margin)
-    p.add_argument("--positive-radius", type=float, default=d.positive_radius_m, help="metres")
-    p.add_argument("--negative-radius", type=float, default=d.negative_radius_m, help="metres")
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--no-data-init", action="store_true", help="keep the current centroids")
+    for field in dataclasses.fields(RetrievalConfig):
+        if field.name == "init_from_data":
+            continue
+        p.add_argument("--" + field.name.removesuffix("_m").replace("_", "-"), dest=field.name,
+                       type=type(getattr(d, field.name)), default=getattr(d, field.name),
+                       help=f"(default %(default)s{', metres' if field.name.endswith('_m') else ''})")
+    p.add_argument("--no-data-init", action="store_true",
+                   help="keep the current centroids (default: k-means of the training conv5_3)")
+    p.add_argument("--retrieval-distance", type=float, default=RETRIEVAL_DISTANCE,
+                   help="a retrieved reference within this distance shows the right place "
+                        "(default %(default)s)")
     p.add_argument("--half", action="store_true", help="store the weights in float16")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
-def place_set(root: Path, network, image_size: int, device) -> PlaceSet:
+def place_set(root: Path, network, info, image_size: int, device, cache: Path | None) -> PlaceSet:
+    """The conv5_3 maps, centres and conditions of a dataset's references and queries."""
+    key = hashlib.sha256(f"{root.resolve()}|{info.sha256}|{image_size}".encode()).hexdigest()[:16]
+    path = cache / f"{root.name}-{key}.pt" if cache else None
+    if path is not None and path.is_file():
+        return PlaceSet(**torch.load(path, weights_only=False))
     dataset = load_dataset(root)
     truth = read_submission(root / "ground_truth.txt")
     queries = [q for q in dataset.queries if q.name in truth]
-    return PlaceSet(
-        conv5_features(network, [read_image(r.path) for r in dataset.references], image_size, device),
-        np.stack([r.pose.center for r in dataset.references]),
-        conv5_features(network, [read_image(q.path) for q in queries], image_size, device),
-        np.stack([truth[q.name].center for q in queries]))
+    if not queries:
+        raise S2DHMError(f"{root / 'ground_truth.txt'}: no pose for any query of {root}")
+    fields = dict(
+        reference_features=conv5_features(network, [read_image(r.path) for r in dataset.references],
+                                          image_size, device),
+        reference_centers=np.stack([r.pose.center for r in dataset.references]),
+        query_features=conv5_features(network, [read_image(q.path) for q in queries], image_size, device),
+        query_centers=np.stack([truth[q.name].center for q in queries]),
+        query_conditions=np.array([q.condition for q in queries]))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(fields, path)
+    return PlaceSet(**fields)
+
+
+def retrieval_table(netvlad, sets: list[PlaceSet], distance: float) -> dict[str, tuple[float, float, float]]:
+    """Per condition and 'all': (top-1 share, top-10 share, largest share on one top-1) in %."""
+    rows: dict[str, list] = {}
+    for s in sets:
+        index = fit_global_index(describe(netvlad, s.reference_features), MapBuildConfig.pca_dim)
+        ranks = rank_references(index, describe(netvlad, s.query_features), TOP_K)
+        dist = np.linalg.norm(s.reference_centers[ranks] - s.query_centers[:, None], axis=2)
+        for c in np.unique(s.query_conditions):
+            m = s.query_conditions == c
+            rows.setdefault(str(c), []).append((dist[m, 0] <= distance, (dist[m] <= distance).any(1),
+                                                np.bincount(ranks[m, 0]).max(), m.sum()))
+    table = {}
+    for c, parts in sorted(rows.items()) + [("all", [p for v in rows.values() for p in v])]:
+        top1, topk = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        hub = max(p[2] / p[3] for p in parts)
+        table[c] = (100 * top1.mean(), 100 * topk.mean(), 100 * hub)
+    return table
+
+
+def format_tables(before: dict, after: dict) -> str:
+    lines = [f"{'condition':<18} top-1 before -> after   top-{TOP_K} before -> after   hub before -> after"]
+    for c in before:
+        b, a = before[c], after[c]
+        lines.append(f"{c:<18} {b[0]:5.1f} -> {a[0]:5.1f} %       {b[1]:5.1f} -> {a[1]:5.1f} %"
+                     f"        {b[2]:5.1f} -> {a[2]:5.1f} %")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    config = RetrievalConfig(args.steps, args.lr, args.margin, args.positive_radius,
-                             args.negative_radius, args.image_size, not args.no_data_init, args.seed)
+    config = RetrievalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RetrievalConfig)
+                                if f.name != "init_from_data"}, init_from_data=not args.no_data_init)
     try:
         device = resolve_device(args.device)
         network, info = load_network(resolve_weights(args.weights), device)
-        sets = [place_set(root, network, config.image_size, device) for root in args.dataset]
-        before = retrieval_recall(network.netvlad, sets, config.positive_radius_m)
-        losses = train_netvlad(network.netvlad, sets, config)
-        after = retrieval_recall(network.netvlad, sets, config.positive_radius_m)
-        sha = save_network(network, args.out, extra={"retrieval_training": vars(config) | {
-            "datasets": [p.name for p in args.dataset], "base_weights": info.kind}}, half=args.half)
+        network.eval()
+        sets = [place_set(root, network, info, config.image_size, device, args.cache)
+                for root in args.dataset]
+        held_out = ([place_set(root, network, info, config.image_size, device, args.cache)
+                     for root in args.validate] if args.validate else sets)
+        before = retrieval_table(network.netvlad, held_out, args.retrieval_distance)
+        losses = train_netvlad(network.netvlad, sets, config, progress=not args.no_progress)
+        after = retrieval_table(network.netvlad, held_out, args.retrieval_distance)
+        sha = save_network(network, args.out, extra={"retrieval_training": {
+            **dataclasses.asdict(config), "datasets": [p.name for p in args.dataset],
+            "validation": [p.name for p in args.validate or []], "base_weights": info.kind,
+            "base_sha256": info.sha256}}, half=args.half)
     except (S2DHMError, ValueError) as e:
         print(f"train_retrieval: error: {e}", file=sys.stderr)
         return 2
-    tail = np.mean(losses[-max(1, len(losses) // 10):])
-    print(f"top-1 retrieval recall (within {config.positive_radius_m} m): {100 * before:.1f} % -> "
-          f"{100 * after:.1f} %; loss {np.mean(losses[:max(1, len(losses) // 10)]):.4f} -> {tail:.4f}; "
+    n = max(1, len(losses) // 10)
+    print(f"{'held-out' if args.validate else 'training'} sets, right place within "
+          f"{args.retrieval_distance:g}:\n{format_tables(before, after)}")
+    print(f"loss {np.mean(losses[:n]):.4f} -> {np.mean(losses[-n:]):.4f} over {len(losses)} steps; "
           f"weights {sha[:12]} -> {args.out}")
     return 0
 

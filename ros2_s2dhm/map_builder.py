@@ -32,6 +32,7 @@ from .geometry.pixels import image_to_feature, scale_pixels
 from .matching import sample_descriptors
 from .point_selection import select_spread
 from .reference_map import MapWriter, ReferenceMap
+from .retrieval import HUB_NEIGHBOURS, fit_global_index
 
 PARTS = "parts"
 #: Changes when a part's content changes, so parts of an older build are recomputed.
@@ -42,6 +43,7 @@ PARTS_FORMAT = 2
 class MapBuildConfig:
     """image_size: longer side fed to the network; max_keypoints per reference image;
     grid: cells per side for the spatial round-robin; pca_dim: global descriptor size;
+    hub_neighbours: neighbourhood of retrieval's hub term (:mod:`retrieval`);
     descriptor_dim / descriptor_whiten: the matching space, a PCA fitted on up to
     projection_fit_samples hypercolumns of projection_fit_images reference images."""
 
@@ -49,6 +51,7 @@ class MapBuildConfig:
     max_keypoints: int = 4096
     grid: int = 16
     pca_dim: int = 1024
+    hub_neighbours: int = HUB_NEIGHBOURS  # CSLS: a reference's hub term over this many others
     descriptor_dim: int = 128  # matching-space dimension (PCA of the reference hypercolumns)
     descriptor_whiten: bool = False
     projection_fit_images: int = 64
@@ -162,13 +165,12 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
         writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"],
                        p["detail"], p["detail_scales"])
         globals_.append(p["global_descriptor"])
-    globals_ = np.stack(globals_).astype(np.float32)
-    pca = PCA.fit(globals_, dim=config.pca_dim)
-    reduced = np.asarray(pca.transform(torch.from_numpy(globals_)), np.float32)
+    index = fit_global_index(np.stack(globals_), config.pca_dim, config.hub_neighbours)
     writer.finish(
         names=[r.name for r in refs], cameras=[r.camera for r in refs],
         rotations=np.stack([r.pose.R for r in refs]), translations=np.stack([r.pose.t for r in refs]),
-        global_descriptors=reduced, pca=pca.state_dict(), projection=projection.state_dict(),
+        global_descriptors=index.descriptors, pca=index.pca.state_dict(),
+        projection=projection.state_dict(), neighbour_similarity=index.neighbour_similarity,
         weights_sha256=weights_sha256, weights_kind=weights_kind, image_size=config.image_size,
         config=asdict(config), unit=dataset.unit)
     shutil.rmtree(parts)

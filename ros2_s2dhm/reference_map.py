@@ -6,6 +6,8 @@ config, the matching-descriptor settings, cameras, names, array shapes/dtypes/sh
 
     rotations [N,3,3] f64, translations [N,3] f64   world-to-camera poses       (in memory)
     global_descriptors [N,D] f32   NetVLAD after PCA, L2-normalised            (in memory)
+    global_neighbour_similarity [N] f32  optional: each reference's mean similarity to its
+                                   nearest others, the hub term of retrieval (in memory)
     keypoints [N,K,2] f32          pixels in the reference image (OpenCV)      (rows on demand)
     points3d  [N,K,3] f64          world points of those keypoints             (rows on demand)
     valid     [N,K]   bool         False for padding                           (rows on demand)
@@ -35,6 +37,7 @@ import numpy as np
 
 from .errors import MapFormatError
 from .geometry import Camera, Pose
+from .retrieval import HUB_NEIGHBOURS, neighbour_similarity
 
 MAP_FORMAT = "ros2_s2dhm-map"
 MAP_VERSION = 2
@@ -45,6 +48,8 @@ SMALL_ARRAYS = {"rotations": np.float64, "translations": np.float64, "global_des
 #: Arrays with K keypoints per image, read per reference on demand.
 ROW_ARRAYS = {"keypoints": np.float32, "points3d": np.float64, "valid": np.bool_,
               "descriptors": np.int8, "descriptor_scales": np.float16}
+#: Optional small array: maps built before hubness reduction have none (computed when opened).
+HUB_ARRAY = "global_neighbour_similarity"
 #: Optional row arrays: maps built before the detail level have none (single-level refinement).
 DETAIL_ARRAYS = {"detail_descriptors": np.int8, "detail_scales": np.float16}
 _ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}
@@ -172,14 +177,17 @@ class MapWriter:
 
     def finish(self, *, names, cameras, rotations, translations, global_descriptors, pca: dict,
                projection: dict, weights_sha256: str, weights_kind: str, image_size: int,
-               config: dict, unit: str = "m") -> Path:
-        """Write the small arrays and states, then the manifest with every file's hash."""
+               config: dict, unit: str = "m", neighbour_similarity=None) -> Path:
+        """Write the small arrays and states, then the manifest with every file's hash;
+        ``neighbour_similarity`` [N] is the retrieval hub term (optional)."""
         n = len(names)
         for arr in self.rows.values():
             arr.flush()
         arrays = dict(rotations=np.asarray(rotations, np.float64),
                       translations=np.asarray(translations, np.float64),
                       global_descriptors=np.asarray(global_descriptors, np.float32))
+        if neighbour_similarity is not None:
+            arrays[HUB_ARRAY] = np.asarray(neighbour_similarity, np.float32).reshape(n)
         arrays.update({f"pca_{k}": np.asarray(v) for k, v in pca.items()})
         arrays.update({f"projection_{k}": np.asarray(v) for k, v in projection.items()})
         for name, arr in arrays.items():
@@ -239,6 +247,7 @@ class ReferenceMap:
     directory: Path | None = None
     detail_descriptors: np.ndarray | None = None
     detail_scales: np.ndarray | None = None
+    global_neighbour_similarity: np.ndarray | None = None
 
     def __post_init__(self):
         self._check_shapes(str(self.directory or "<memory>"))
@@ -298,6 +307,8 @@ class ReferenceMap:
             raise MapFormatError(f"map {where}: detail_descriptors and detail_scales come together")
         if self.has_detail:
             expected.update(detail_descriptors=(n, k, self.detail_dim), detail_scales=(n, k))
+        if self.global_neighbour_similarity is not None:
+            expected[HUB_ARRAY] = (n,)
         for name, shape in expected.items():
             found = tuple(getattr(self, name).shape)
             if found != shape:
@@ -318,7 +329,7 @@ class ReferenceMap:
             translations=self.translations, global_descriptors=self.global_descriptors,
             pca=self.pca, projection=self.projection, weights_sha256=self.weights_sha256,
             weights_kind=self.weights_kind, image_size=self.image_size, config=self.config,
-            unit=self.unit)
+            unit=self.unit, neighbour_similarity=self.global_neighbour_similarity)
 
     @staticmethod
     def _manifest(map_dir: Path) -> dict:
@@ -380,7 +391,7 @@ class ReferenceMap:
         missing = [k for k in _ARRAY_DTYPES if k not in arrays]
         if missing:
             raise MapFormatError(f"{map_dir / MANIFEST}: arrays {missing} are missing from the manifest")
-        for k, dtype in {**_ARRAY_DTYPES, **_ROW_DTYPES}.items():
+        for k, dtype in {**_ARRAY_DTYPES, **_ROW_DTYPES, HUB_ARRAY: np.float32}.items():
             if k in arrays and arrays[k].dtype != dtype:
                 raise MapFormatError(f"map {map_dir}: {k}.npy has dtype {arrays[k].dtype}, expected "
                                      f"{np.dtype(dtype)}")
@@ -397,7 +408,7 @@ class ReferenceMap:
                    image_size=int(manifest.get("image_size", 512)),
                    unit=manifest.get("unit", "m"), config=manifest.get("config", {}),
                    directory=map_dir, **states, **{k: arrays[k] for k in _ARRAY_DTYPES},
-                   **{k: arrays[k] for k in DETAIL_ARRAYS if k in arrays})
+                   **{k: arrays[k] for k in (*DETAIL_ARRAYS, HUB_ARRAY) if k in arrays})
 
     @classmethod
     def verify(cls, map_dir) -> int:
@@ -434,7 +445,9 @@ def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
     """A map of ``num_images`` images made by cycling ``source``'s images (scale benchmarks).
 
     Copies are renamed ``<name>#<copy>``; their arrays are the source rows, written row by row.
+    The hub term of retrieval is recomputed over the replicated map (copies are neighbours).
     """
+
     n = len(source)
     cycle = np.arange(num_images) % n
     writer = _copy_rows(source, out_dir, cycle)
@@ -446,4 +459,6 @@ def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
         projection=source.projection, weights_sha256=source.weights_sha256,
         weights_kind=source.weights_kind, image_size=source.image_size,
         config={**source.config, "replicated_from": str(source.directory), "source_images": n},
-        unit=source.unit)
+        unit=source.unit, neighbour_similarity=neighbour_similarity(
+            np.asarray(source.global_descriptors)[cycle],
+            source.config.get("hub_neighbours", HUB_NEIGHBOURS)))

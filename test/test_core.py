@@ -131,3 +131,43 @@ def test_select_spread_spreads_over_cells():
     assert len(sel) == 200 and len(np.unique(sel)) == 200
     assert (sel >= 900).sum() >= 90  # nearly every spread keypoint survives
     assert len(select_spread(kps[:50], tracks[:50], 320, 240, 200, 8)) == 50
+
+
+def test_hubness_reduction_demotes_a_hub():
+    """A reference near the centre of the reference cloud is the plain top-1 of every query far
+    from all references; CSLS against the map's own neighbourhoods gives the places back."""
+    from ros2_s2dhm.retrieval import neighbour_similarity
+
+    g = torch.Generator().manual_seed(0)
+    n, dim = 12, 128
+    places = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
+    refs = places.clone()
+    refs[0] = torch.nn.functional.normalize(places[1:].mean(0), dim=0)  # the hub: like every place
+    # night queries: their place under a strong shared change that points towards the hub
+    queries = torch.nn.functional.normalize(places[1:] + 1.2 * refs[0]
+                                            + 0.05 * torch.randn(n - 1, dim, generator=g), dim=1)
+    centers = np.array([[i * 10.0, 0, 0] for i in range(n)])
+    plain = RetrievalIndex(refs, centers)
+    assert all(plain.search(q, 1)[0][0] == 0 for q in queries)  # the hub takes every query
+    hub_term = neighbour_similarity(refs, k=3)
+    assert hub_term.shape == (n,) and hub_term.argmax() == 0
+    csls = RetrievalIndex(refs, centers, neighbour_similarity=hub_term)
+    top1 = np.array([csls.search(q, 1)[0][0] for q in queries])
+    assert (top1 == 0).sum() <= 2 and (top1 == np.arange(1, n)).mean() >= 0.8
+    # scores are CSLS's, best first; the plain index is unchanged
+    idx, scores = csls.search(queries[0], 4)
+    expected = 2 * (refs @ queries[0]) - torch.from_numpy(hub_term)
+    assert np.allclose(scores, expected[idx].numpy(), atol=1e-6) and np.all(np.diff(scores) <= 0)
+    with pytest.raises(ValueError, match="neighbour similarities"):
+        RetrievalIndex(refs, centers, neighbour_similarity=hub_term[:-1])
+
+
+def test_neighbour_similarity_blocks_and_small_maps():
+    from ros2_s2dhm.retrieval import neighbour_similarity
+
+    x = torch.nn.functional.normalize(torch.randn(9, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    sims = (x @ x.T).fill_diagonal_(-np.inf)
+    expected = sims.topk(2, dim=1).values.mean(1).numpy()
+    assert np.allclose(neighbour_similarity(x, 2, block=4), expected, atol=1e-6)
+    assert np.allclose(neighbour_similarity(x, 50), (x @ x.T).fill_diagonal_(0).sum(1).numpy() / 8, atol=1e-6)
+    assert np.all(neighbour_similarity(x[:1], 5) == 0)

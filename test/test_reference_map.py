@@ -89,6 +89,25 @@ def test_detail_level_round_trips_and_is_optional(tmp_path):
         dataclasses.replace(detail, detail_descriptors=detail.detail_descriptors[:2])
 
 
+def test_retrieval_hub_term_round_trips_and_is_optional(tmp_path):
+    from ros2_s2dhm.retrieval import neighbour_similarity
+
+    m = _map()
+    assert m.global_neighbour_similarity is None
+    hub = dataclasses.replace(m, global_neighbour_similarity=np.array([0.5, 0.25, 0.125], np.float32))
+    hub.save(tmp_path / "hub")
+    back = ReferenceMap.load(tmp_path / "hub")
+    assert np.array_equal(back.global_neighbour_similarity, hub.global_neighbour_similarity)
+    m.save(tmp_path / "plain")  # built before hubness reduction: opens without it
+    assert ReferenceMap.load(tmp_path / "plain").global_neighbour_similarity is None
+    # a replicated map recomputes it over the copies (each copy's neighbour is its twin)
+    big = ReferenceMap.load(replicate_map(back, tmp_path / "big", 6))
+    assert np.allclose(big.global_neighbour_similarity,
+                       neighbour_similarity(np.asarray(big.global_descriptors), 10), atol=1e-6)
+    with pytest.raises(MapFormatError, match="global_neighbour_similarity"):
+        dataclasses.replace(m, global_neighbour_similarity=np.zeros(2, np.float32))
+
+
 def test_opening_reads_no_row_array_whole(tmp_path, monkeypatch):
     _map().save(tmp_path / "map")
     loaded = []

@@ -4,8 +4,8 @@ import torch
 
 from offline_tools import train_retrieval
 from ros2_s2dhm.features.checkpoints import load_network
-from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, train_netvlad, triplet_loss,
-                                           triplet_masks)
+from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, describe, initialise_centroids,
+                                           train_netvlad, triplet_loss, triplet_masks)
 
 
 def test_triplet_loss_zero_when_positive_closer_by_margin():
@@ -25,9 +25,9 @@ def test_masks_follow_camera_distances():
 
 def test_training_lowers_the_loss_on_separable_places():
     g = torch.Generator().manual_seed(0)
-    places = [torch.randn(512, 3, 4, generator=g) for _ in range(6)]
-    refs = [p + 1.5 * torch.randn(p.shape, generator=g) for p in places]
-    queries = [p + 1.5 * torch.randn(p.shape, generator=g) for p in places]
+    places = torch.randn(6, 512, 3, 4, generator=g)
+    refs = places + 1.5 * torch.randn(places.shape, generator=g)
+    queries = places + 1.5 * torch.randn(places.shape, generator=g)
     centers = np.array([[10.0 * i, 0, 0] for i in range(6)])
     from ros2_s2dhm.features.netvlad import NetVLAD
 
@@ -35,17 +35,62 @@ def test_training_lowers_the_loss_on_separable_places():
     netvlad = NetVLAD(num_clusters=8)
     losses = train_netvlad(netvlad, [PlaceSet(refs, centers, queries, centers)],
                            RetrievalConfig(steps=60, lr=1e-2, margin=0.5, positive_radius_m=1.0,
-                                           negative_radius_m=5.0), progress=False)
+                                           negative_radius_m=5.0, batch=2, hard_negatives=3,
+                                           mining_every=10), progress=False)
     assert np.mean(losses[-15:]) < np.mean(losses[:15])
+
+
+def test_data_init_puts_centroids_on_the_features():
+    from ros2_s2dhm.features.netvlad import NetVLAD
+
+    g = torch.Generator().manual_seed(0)
+    modes = torch.nn.functional.normalize(torch.randn(4, 512, generator=g), dim=1)
+    # maps whose local descriptors are 4 tight clusters
+    labels = torch.randint(0, 4, (3, 6, 8), generator=g)
+    maps = (modes[labels] + 0.01 * torch.randn(3, 6, 8, 512, generator=g)).permute(0, 3, 1, 2)
+    netvlad = NetVLAD(num_clusters=4)
+    initialise_centroids(netvlad, [maps], seed=0)
+    cos = netvlad.centroids.detach() @ modes.T
+    assert torch.allclose(cos.max(0).values, torch.ones(4), atol=1e-2)  # every mode found
+    assert torch.allclose(netvlad.conv.weight[:, :, 0, 0], 100 * netvlad.centroids)
+
+
+def test_hard_negatives_are_the_closest_far_references():
+    """A negative that looks like the query's place is what the loss sees first: training on a
+    set with one look-alike negative moves it away from the query."""
+    from ros2_s2dhm.features.netvlad import NetVLAD
+
+    g = torch.Generator().manual_seed(1)
+    places = torch.randn(8, 512, 3, 4, generator=g)
+    places[7] = places[0] + 0.3 * torch.randn(512, 3, 4, generator=g)  # look-alike of place 0, far away
+    centers = np.array([[10.0 * i, 0, 0] for i in range(8)])
+    queries = places[:1] + 0.3 * torch.randn(1, 512, 3, 4, generator=g)
+    torch.manual_seed(0)
+    netvlad = NetVLAD(num_clusters=8)
+    s = PlaceSet(places, centers, queries, centers[:1])
+    before = describe(netvlad, torch.cat([queries, places[[0, 7]]]))
+    train_netvlad(netvlad, [s], RetrievalConfig(steps=40, lr=1e-2, margin=0.5, positive_radius_m=1.0,
+                                                negative_radius_m=5.0, batch=1, hard_negatives=1,
+                                                mining_every=5, init_from_data=False), progress=False)
+    after = describe(netvlad, torch.cat([queries, places[[0, 7]]]))
+    gap = lambda d: float(((d[0] - d[2]) ** 2).sum() - ((d[0] - d[1]) ** 2).sum())  # noqa: E731
+    assert gap(after) > gap(before)
 
 
 def test_tool_trains_and_writes_loadable_weights(tiny_synthetic, tmp_path, capsys):
     out = tmp_path / "retrieval.pth"
-    rc = train_retrieval.main(["--dataset", str(tiny_synthetic.root), "--weights", "random",
-                               "--out", str(out), "--steps", "5", "--image-size", "128",
-                               "--positive-radius", "2.5", "--negative-radius", "6", "--device", "cpu"])
-    assert rc == 0
-    assert "top-1 retrieval recall" in capsys.readouterr().out
+    args = ["--dataset", str(tiny_synthetic.root), "--weights", "random", "--out", str(out),
+            "--steps", "5", "--image-size", "128", "--positive-radius", "2.5",
+            "--negative-radius", "6", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+            "--no-progress"]
+    assert train_retrieval.main(args) == 0
+    printed = capsys.readouterr().out
+    conditions = {q.split("/")[0] for q in (tiny_synthetic.root / "images").iterdir()
+                  for q in [q.name]} - {"overcast-reference"}
+    rows = {line.split()[0] for line in printed.splitlines()[2:] if "->" in line and "%" in line}
+    assert conditions | {"all"} <= rows  # a row per query condition and one over all
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # conv5_3 kept for the next run
+    assert train_retrieval.main(args + ["--out", str(tmp_path / "again.pth")]) == 0
     net, info = load_network(out)
     random_net, _ = load_network(None)
     assert info.kind == "ros2_s2dhm" and not info.random

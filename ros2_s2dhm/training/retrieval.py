@@ -1,10 +1,15 @@
-"""NetVLAD training for place retrieval from known camera poses (the encoder stays frozen).
+"""Retrieval training from known camera poses: the NetVLAD layer on the frozen encoder.
 
-Each query image (any condition) has positives, the reference images whose camera centre
-lies within ``positive_radius_m``, and negatives, those farther than ``negative_radius_m``.
-The loss is NetVLAD's weakly supervised triplet ranking loss: the best positive must be
-closer than every negative by a margin (squared descriptor distances). Only the NetVLAD
-layer is trained, on conv5_3 features computed once.
+The global descriptor is ``NetVLAD(conv5_3)``. Only the NetVLAD layer is trained: conv5_3 is
+computed once per image (:func:`conv5_features`), so a CPU step costs milliseconds, and the
+encoder (hypercolumns, the map's descriptors, Feature-metric PnP) is unchanged.
+
+Each query image (any condition) has positives, the references whose camera centre lies
+within ``positive_radius_m``, and negatives, those farther than ``negative_radius_m``. The loss
+is NetVLAD's weakly supervised triplet ranking loss with hard negatives: the best positive must
+be closer than each of the query's ``hard_negatives`` closest negatives by ``margin`` in squared
+descriptor distance. Closest is judged on descriptors of every reference refreshed every
+``mining_every`` steps (NetVLAD's cached hard-negative mining).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.cluster.vq import kmeans2
 from tqdm import tqdm
 
 from ..features.preprocess import prepare_image
@@ -20,36 +26,52 @@ from ..features.preprocess import prepare_image
 
 @dataclass
 class RetrievalConfig:
-    """Hyperparameters of NetVLAD training (defaults: NetVLAD's margin 0.1, Adam)."""
+    """Hyperparameters of NetVLAD training (NetVLAD's margin 0.1, Adam); radii in the sets'
+    unit (metres); batch: queries per step; image_size: longer side fed to the network, the
+    localizer's (512) by default."""
 
-    steps: int = 300
+    steps: int = 3000
     lr: float = 1e-3
+    batch: int = 4
     margin: float = 0.1
     positive_radius_m: float = 3.0
-    negative_radius_m: float = 15.0
-    image_size: int = 320
+    negative_radius_m: float = 10.0
+    hard_negatives: int = 10
+    mining_every: int = 100
+    image_size: int = 512
     init_from_data: bool = True
     seed: int = 0
 
 
 @dataclass
 class PlaceSet:
-    """One traversal set: conv5_3 features [512,h,w] and camera centres [3] of its images."""
+    """One traversal set: conv5_3 maps of its references [R,512,h,w] and queries [Q,512,h,w]
+    (any float dtype, usually float16), camera centres [R,3] / [Q,3] and query conditions [Q]."""
 
-    reference_features: list[torch.Tensor]
+    reference_features: torch.Tensor
     reference_centers: np.ndarray
-    query_features: list[torch.Tensor]
+    query_features: torch.Tensor
     query_centers: np.ndarray
+    query_conditions: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.query_conditions is None:
+            self.query_conditions = np.array(["query"] * len(self.query_features))
 
 
 @torch.no_grad()
-def conv5_features(network, images, image_size: int, device) -> list[torch.Tensor]:
-    """conv5_3 maps [512,h,w] of RGB images (HxWx3 uint8) from the frozen encoder."""
+def conv5_features(network, images, image_size: int, device) -> torch.Tensor:
+    """conv5_3 maps [N,512,h,w] float16 (CPU) of same-size RGB images (HxWx3 uint8), as the
+    network's forward feeds them to NetVLAD."""
     out = []
     for image in images:
         tensor, _ = prepare_image(image, image_size, device)
-        out.append(network.encoder(tensor)[0].float())
-    return out
+        out.append(network.encoder(tensor)[0].half().cpu())
+    shapes = sorted({tuple(f.shape) for f in out})
+    if len(shapes) > 1:
+        raise ValueError(f"images of one set give conv5_3 maps of shapes {shapes}: train on sets "
+                         "whose images share one size (split a set by camera)")
+    return torch.stack(out) if out else torch.zeros(0, 512, 1, 1, dtype=torch.float16)
 
 
 def triplet_masks(query_centers: np.ndarray, reference_centers: np.ndarray, positive_radius_m: float,
@@ -68,51 +90,80 @@ def triplet_loss(query: torch.Tensor, positives: torch.Tensor, negatives: torch.
 
 
 @torch.no_grad()
-def initialise_centroids(netvlad, features: list[torch.Tensor], seed: int) -> None:
-    """Centroids = randomly drawn normalised conv5_3 descriptors (a k-means-free data init)."""
-    x = torch.cat([F.normalize(f, dim=0).flatten(1).T for f in features])
+def initialise_centroids(netvlad, features: list[torch.Tensor], seed: int,
+                         samples: int = 20_000) -> None:
+    """NetVLAD's data initialisation: the centroids are k-means centres (scipy, k-means++) of up
+    to ``samples`` L2-normalised local descriptors drawn from conv5_3 maps [B,512,h,w]."""
+    x = torch.cat([F.normalize(f.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+                   for f in features])
     g = torch.Generator().manual_seed(seed)
-    netvlad.set_centroids(x[torch.randperm(len(x), generator=g)[:netvlad.num_clusters].to(x.device)])
+    x = x[torch.randperm(len(x), generator=g)[:samples]].numpy().astype(np.float64)
+    centroids, _ = kmeans2(x, netvlad.num_clusters, minit="++", seed=seed)
+    netvlad.set_centroids(F.normalize(torch.from_numpy(centroids).float(), dim=1)
+                          .to(netvlad.centroids.device))
+
+
+def _training_items(sets: list[PlaceSet], config: RetrievalConfig) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(set, query, positives, negatives) of every query with at least one of each."""
+    items = []
+    for i, s in enumerate(sets):
+        pos, neg = triplet_masks(s.query_centers, s.reference_centers, config.positive_radius_m,
+                                 config.negative_radius_m)
+        items += [(i, q, np.flatnonzero(pos[q]), np.flatnonzero(neg[q])) for q in range(len(pos))
+                  if pos[q].any() and neg[q].any()]
+    if not items:
+        raise ValueError("no query has both a positive and a negative reference: check the radii "
+                         f"({config.positive_radius_m}, {config.negative_radius_m}) against the sets' "
+                         "camera spacing")
+    return items
 
 
 def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
                   progress: bool = True) -> list[float]:
-    """Train ``netvlad`` in place on the place sets; returns the loss of every step."""
+    """Train ``netvlad`` in place on the place sets' conv5_3 maps; returns every step's loss."""
     rng = np.random.default_rng(config.seed)
     if config.init_from_data:
-        initialise_centroids(netvlad, [f for s in sets for f in s.reference_features], config.seed)
-    masks = [triplet_masks(s.query_centers, s.reference_centers, config.positive_radius_m,
-                           config.negative_radius_m) for s in sets]
-    usable = [(i, q) for i, (pos, neg) in enumerate(masks) for q in range(len(pos))
-              if pos[q].any() and neg[q].any()]
-    if not usable:
-        raise ValueError("no query has both a positive and a negative reference: check the radii")
+        initialise_centroids(netvlad, [s.reference_features for s in sets], config.seed)
+    items = _training_items(sets, config)
     optimizer = torch.optim.Adam(netvlad.parameters(), lr=config.lr)
-    netvlad.train()
+    device = netvlad.centroids.device
     losses = []
-    for _ in tqdm(range(config.steps), desc="NetVLAD", disable=not progress):
-        i, q = usable[rng.integers(len(usable))]
-        s, (pos, neg) = sets[i], masks[i]
-        refs = np.flatnonzero(pos[q] | neg[q])
-        desc = netvlad(torch.stack([s.query_features[q], *[s.reference_features[r] for r in refs]]))
-        is_pos = torch.from_numpy(pos[q][refs]).to(desc.device)
-        loss = triplet_loss(desc[0], desc[1:][is_pos], desc[1:][~is_pos], config.margin)
+    cache = None
+    for step in tqdm(range(config.steps), desc="NetVLAD", disable=not progress):
+        if step % config.mining_every == 0:
+            cache = [describe(netvlad, s.reference_features) for s in sets]
+            netvlad.train()
+        picks = [items[j] for j in rng.integers(len(items), size=config.batch)]
+        with torch.no_grad():  # each query's hard negatives, on the cached reference descriptors
+            queries = netvlad(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks])
+                              .to(device)).cpu()
+        maps, spans = [], []
+        for (i, q, pos, neg), query in zip(picks, queries):
+            distance = (torch.from_numpy(cache[i][neg]) - query).square().sum(1)
+            hard = neg[distance.topk(min(config.hard_negatives, len(neg)), largest=False).indices.numpy()]
+            spans.append(len(pos))
+            maps += [sets[i].query_features[q:q + 1], sets[i].reference_features[pos],
+                     sets[i].reference_features[hard]]
+        desc = netvlad(torch.cat(maps).to(device))  # one pass: [query, positives, negatives] per pick
+        loss, start = 0.0, 0
+        for (_, _, pos, neg), num_pos in zip(picks, spans):
+            num_neg = min(config.hard_negatives, len(neg))
+            query, others = desc[start], desc[start + 1:start + 1 + num_pos + num_neg]
+            loss = loss + triplet_loss(query, others[:num_pos], others[num_pos:], config.margin)
+            start += 1 + num_pos + num_neg
+        loss = loss / config.batch
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(float(loss.detach()))
     netvlad.eval()
     return losses
 
 
 @torch.no_grad()
-def retrieval_recall(netvlad, sets: list[PlaceSet], radius_m: float) -> float:
-    """Fraction of queries whose top-1 reference lies within ``radius_m``."""
-    hits, total = 0, 0
-    for s in sets:
-        refs = torch.cat([netvlad(f[None]) for f in s.reference_features])
-        for f, c in zip(s.query_features, s.query_centers):
-            top = int((refs @ netvlad(f[None])[0]).argmax())
-            hits += np.linalg.norm(s.reference_centers[top] - c) <= radius_m
-            total += 1
-    return hits / max(total, 1)
+def describe(netvlad, features: torch.Tensor, batch: int = 32) -> np.ndarray:
+    """Global descriptors [N, K*512] float32 of conv5_3 maps [N,512,h,w]."""
+    netvlad.eval()
+    device = netvlad.centroids.device
+    return torch.cat([netvlad(features[i:i + batch].to(device)).cpu()
+                      for i in range(0, len(features), batch)]).numpy()
