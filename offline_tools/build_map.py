@@ -49,6 +49,9 @@ def parse_args(argv=None):
                    help="cells per side for the spatial keypoint round-robin (default %(default)s)")
     p.add_argument("--pca-dim", type=int, default=MapBuildConfig.pca_dim,
                    help="global descriptor dimension after PCA (default %(default)s)")
+    p.add_argument("--pca-whiten", action=argparse.BooleanOptionalAction,
+                   default=MapBuildConfig.pca_whiten,
+                   help="PCA-whiten the global descriptors (default %(default)s)")
     p.add_argument("--descriptor-dim", type=int, default=MapBuildConfig.descriptor_dim,
                    help="matching-descriptor dimension: PCA of the reference hypercolumns, stored "
                         "as int8 (default %(default)s)")
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
             dataset = dataclasses.replace(dataset, unit=args.unit)
         network, info = load_network(resolve_weights(args.weights), device)
         config = MapBuildConfig(image_size=args.image_size, max_keypoints=args.max_keypoints,
-                                grid=args.grid, pca_dim=args.pca_dim,
+                                grid=args.grid, pca_dim=args.pca_dim, pca_whiten=args.pca_whiten,
                                 descriptor_dim=args.descriptor_dim,
                                 descriptor_whiten=args.whiten_descriptors)
         ref_map = build_reference_map(dataset, network, info.sha256, info.kind, args.out,

@@ -10,7 +10,7 @@ i-N .. i+N (N = --tolerance, default 2 frames; 0 for place-per-image sets such a
 Every image goes through the network exactly as the localizer sends a query (read as RGB,
 ``prepare_image`` to --image-size, the NetVLAD global descriptor of the same encoder pass);
 :func:`rank_database` then ranks the database for each query the way a map retrieves: a PCA
-fitted on the database descriptors (``MapBuildConfig.pca_dim``), then CSLS hubness reduction
+fitted on the database descriptors (``MapBuildConfig.pca_dim``, whitened), then CSLS hubness reduction
 (``--no-hubness``: plain cosine), as ``ros2_s2dhm.retrieval`` does for a map.
 
 Prints and writes (--out) recall@1/5/10 (a query is right when any of its top k lies within
@@ -74,8 +74,9 @@ def rank_database(database_descriptors: np.ndarray, query_descriptors: np.ndarra
                   k: int = max(RECALL_KS), hubness: bool = True) -> np.ndarray:
     """Indices [Q, min(k, N)] of the database images best first for each query, as a map
     retrieves (:func:`ros2_s2dhm.retrieval.rank_references`): PCA (the map builder's
-    dimension) fitted on the database descriptors [N, D], then CSLS (``hubness``) or cosine."""
-    index = fit_global_index(database_descriptors, MapBuildConfig().pca_dim)
+    dimension and whitening) fitted on the database descriptors [N, D], then CSLS
+    (``hubness``) or cosine."""
+    index = fit_global_index(database_descriptors, MapBuildConfig().pca_dim, MapBuildConfig().pca_whiten)
     return rank_references(index, query_descriptors, k, hubness).astype(np.int64)
 
 

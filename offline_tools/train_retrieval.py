@@ -10,7 +10,7 @@ every map's matching descriptors stay as they were (a map still has to be rebuil
 the weights). Prints, per condition of the ``--validate`` sets (held out from training;
 default: the training sets), the share of queries whose top-1 / top-10 reference lies within
 ``--retrieval-distance`` and the largest share on one top-1 reference, before and after,
-ranked as the localizer ranks (the map's PCA, CSLS hubness reduction).
+ranked as the localizer ranks (the map's whitened PCA, CSLS hubness reduction).
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def retrieval_table(netvlad, sets: list[PlaceSet], distance: float) -> dict[str,
     """Per condition and 'all': (top-1 share, top-10 share, largest share on one top-1) in %."""
     rows: dict[str, list] = {}
     for s in sets:
-        index = fit_global_index(describe(netvlad, s.reference_features), MapBuildConfig.pca_dim)
+        index = fit_global_index(describe(netvlad, s.reference_features), MapBuildConfig.pca_dim,
+                                 MapBuildConfig.pca_whiten)
         ranks = rank_references(index, describe(netvlad, s.query_features), TOP_K)
         dist = np.linalg.norm(s.reference_centers[ranks] - s.query_centers[:, None], axis=2)
         for c in np.unique(s.query_conditions):

@@ -42,7 +42,8 @@ PARTS_FORMAT = 2
 @dataclass
 class MapBuildConfig:
     """image_size: longer side fed to the network; max_keypoints per reference image;
-    grid: cells per side for the spatial round-robin; pca_dim: global descriptor size;
+    grid: cells per side for the spatial round-robin; pca_dim: global descriptor size,
+    pca_whiten: whiten it;
     hub_neighbours: neighbourhood of retrieval's hub term (:mod:`retrieval`);
     descriptor_dim / descriptor_whiten: the matching space, a PCA fitted on up to
     projection_fit_samples hypercolumns of projection_fit_images reference images."""
@@ -51,6 +52,7 @@ class MapBuildConfig:
     max_keypoints: int = 4096
     grid: int = 16
     pca_dim: int = 1024
+    pca_whiten: bool = True  # PCA-whitening of the global descriptors (NetVLAD's, S2DHM's)
     hub_neighbours: int = HUB_NEIGHBOURS  # CSLS: a reference's hub term over this many others
     descriptor_dim: int = 128  # matching-space dimension (PCA of the reference hypercolumns)
     descriptor_whiten: bool = False
@@ -165,7 +167,8 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
         writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"],
                        p["detail"], p["detail_scales"])
         globals_.append(p["global_descriptor"])
-    index = fit_global_index(np.stack(globals_), config.pca_dim, config.hub_neighbours)
+    index = fit_global_index(np.stack(globals_), config.pca_dim, config.pca_whiten,
+                             config.hub_neighbours)
     writer.finish(
         names=[r.name for r in refs], cameras=[r.camera for r in refs],
         rotations=np.stack([r.pose.R for r in refs]), translations=np.stack([r.pose.t for r in refs]),

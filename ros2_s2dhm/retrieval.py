@@ -106,12 +106,16 @@ class GlobalIndex:
     neighbour_similarity: np.ndarray
 
 
-def fit_global_index(raw_descriptors, pca_dim: int, hub_neighbours: int = HUB_NEIGHBOURS) -> GlobalIndex:
+def fit_global_index(raw_descriptors, pca_dim: int, whiten: bool = True,
+                     hub_neighbours: int = HUB_NEIGHBOURS) -> GlobalIndex:
     """Fit the map's retrieval index on the references' raw global descriptors [N,D]: PCA to
-    ``pca_dim`` (at most N - 1), then each reference's neighbour similarity over
-    ``hub_neighbours`` others."""
+    ``pca_dim`` (at most N - 1), whitened (as NetVLAD and S2DHM do: every direction of the
+    references' spread weighs the same, so the few that carry illumination and weather no
+    longer dominate), then each reference's neighbour similarity over ``hub_neighbours`` others.
+    (With N - 1 <= pca_dim, whitening leaves all references equally similar to each other, and
+    the hub term is the same for all: CSLS matters for maps larger than the PCA dimension.)"""
     raw = np.asarray(raw_descriptors, np.float32)
-    pca = PCA.fit(raw, dim=pca_dim)
+    pca = PCA.fit(raw, dim=pca_dim, whiten=whiten)
     reduced = np.asarray(pca.transform(raw), np.float32)
     return GlobalIndex(pca, reduced, neighbour_similarity(reduced, hub_neighbours))
 

@@ -171,3 +171,29 @@ def test_neighbour_similarity_blocks_and_small_maps():
     assert np.allclose(neighbour_similarity(x, 2, block=4), expected, atol=1e-6)
     assert np.allclose(neighbour_similarity(x, 50), (x @ x.T).fill_diagonal_(0).sum(1).numpy() / 8, atol=1e-6)
     assert np.all(neighbour_similarity(x[:1], 5) == 0)
+
+
+def test_global_index_whitens_and_ranks_as_the_localizer():
+    """fit_global_index: whitened PCA of the references (every direction of their spread weighs
+    the same), the hub term; rank_references ranks raw query descriptors through it."""
+    from ros2_s2dhm.retrieval import fit_global_index, rank_references
+
+    g = torch.Generator().manual_seed(3)
+    n, dim = 20, 64
+    places = torch.randn(n, dim, generator=g)
+    # one direction of large variance (lighting) that says nothing about the place
+    light = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    refs = places + 6.0 * torch.randn(n, 1, generator=g) * light
+    queries = places + 6.0 * torch.randn(n, 1, generator=g) * light + 0.3 * torch.randn(n, dim, generator=g)
+    refs, queries = (torch.nn.functional.normalize(x, dim=1).numpy() for x in (refs, queries))
+    white = fit_global_index(refs, pca_dim=1024, whiten=True, hub_neighbours=3)
+    plain = fit_global_index(refs, pca_dim=1024, whiten=False, hub_neighbours=3)
+    assert white.pca.whiten and white.descriptors.shape == (n, n - 1)
+    sims = white.descriptors @ white.descriptors.T  # N - 1 whitened dims: a regular simplex
+    off = sims[~np.eye(n, dtype=bool)]
+    assert np.allclose(off, off.mean(), atol=1e-4) and np.ptp(white.neighbour_similarity) < 1e-4
+    top1 = {name: rank_references(index, queries, 5)[:, 0] for name, index in
+            (("white", white), ("plain", plain))}
+    correct = {name: float((t == np.arange(n)).mean()) for name, t in top1.items()}
+    assert correct["white"] >= 0.9 and correct["white"] > correct["plain"]
+    assert rank_references(white, queries, 50).shape == (n, n)  # k clipped to the map
