@@ -206,3 +206,29 @@ def test_refinement_runs_the_matching_space_then_the_detail_level(tiny_map_dir, 
         qf, _, (result, reason) = run(reference_map, **options)
         assert len(calls) == 1 and calls[0][3] is qf.fine and result is calls[0][5]
         assert reason == result.reason
+
+
+def test_retrieval_ranks_by_the_maps_hub_term_and_computes_it_for_older_maps(tiny_map_dir,
+                                                                             random_network, scene):
+    """retrieval_hubness: the localizer's index carries the map's neighbour similarities (CSLS);
+    off, plain cosine; a map built before them gets them computed when opened."""
+    from ros2_s2dhm.retrieval import neighbour_similarity
+
+    net, info = random_network
+    world, camera = scene
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    assert ref_map.global_neighbour_similarity is not None and ref_map.pca["whiten"]
+    loc = Localizer(net, ref_map, _config())
+    qf = loc.features(render_view(world, street_pose(5.0), camera)[0], camera)
+    cos = torch.from_numpy(np.asarray(ref_map.global_descriptors)) @ qf.global_descriptor
+    csls = 2 * cos - torch.from_numpy(ref_map.global_neighbour_similarity)
+    ranked = loc.retrieve(qf, k=len(ref_map))
+    assert [h.reference for h in ranked] == torch.argsort(csls, descending=True).tolist()
+    assert np.allclose([h.retrieval_score for h in ranked], np.sort(csls.numpy())[::-1], atol=1e-5)
+    loc.configure(dataclasses.replace(_config(), retrieval_hubness=False))
+    plain = loc.retrieve(qf, k=len(ref_map))
+    assert np.allclose([h.retrieval_score for h in plain], np.sort(cos.numpy())[::-1], atol=1e-5)
+    older = dataclasses.replace(ref_map, global_neighbour_similarity=None)
+    recomputed = Localizer(net, older, _config()).index.penalty.numpy()
+    k = ref_map.config["hub_neighbours"]
+    assert np.allclose(recomputed, neighbour_similarity(ref_map.global_descriptors, k), atol=1e-6)
