@@ -27,6 +27,7 @@ import torch
 from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation.recall import RETRIEVAL_DISTANCE
+from ros2_s2dhm.evaluation.reliability import hub
 from ros2_s2dhm.evaluation.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network, save_network
 from ros2_s2dhm.map_builder import MapBuildConfig
@@ -101,12 +102,11 @@ def retrieval_table(netvlad, sets: list[PlaceSet], distance: float) -> dict[str,
         for c in np.unique(s.query_conditions):
             m = s.query_conditions == c
             rows.setdefault(str(c), []).append((dist[m, 0] <= distance, (dist[m] <= distance).any(1),
-                                                np.bincount(ranks[m, 0]).max(), m.sum()))
+                                                hub(ranks[m, 0].tolist())["share"]))
     table = {}
     for c, parts in sorted(rows.items()) + [("all", [p for v in rows.values() for p in v])]:
         top1, topk = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        hub = max(p[2] / p[3] for p in parts)
-        table[c] = (100 * top1.mean(), 100 * topk.mean(), 100 * hub)
+        table[c] = (100 * top1.mean(), 100 * topk.mean(), max(p[2] for p in parts))
     return table
 
 
