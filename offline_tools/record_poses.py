@@ -9,7 +9,8 @@ Subscribes to the pose topic (PoseWithCovarianceStamped of the camera in the map
 s2dhm_localizer publishes it) and writes ``name qw qx qy qz tx ty tz`` (world-to-camera)
 after every pose, so a replayed bag can be scored with ``evaluate``. Stops on Ctrl-C, after
 --count poses, --idle-timeout seconds without a pose (once one arrived), --timeout seconds,
-or when every frame of --bag has a pose. Failed frames publish nothing and are absent from
+or when every frame of --bag has a pose. It logs 'pose publisher found' once the
+localizer is discovered: start playing after that line, poses published earlier are lost. Failed frames publish nothing and are absent from
 the file, which the evaluator counts as not localized.
 Set ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE as for any ROS 2 process.
 """
@@ -103,9 +104,13 @@ def main(argv=None) -> int:
     log.info("recording %s -> %s%s", args.topic, args.output,
              f" ({len(expected)} frames expected)" if expected else "")
     start = time.monotonic()
+    publisher_found = False
     try:
         while rclpy.ok():
             rclpy.spin_once(node, timeout_sec=0.1)
+            if not publisher_found and node.count_publishers(args.topic):
+                publisher_found = True  # poses published before discovery are lost (volatile)
+                log.info("pose publisher found on %s", args.topic)
             now = time.monotonic()
             last = max((r.received_ns for r in collector.records.values()), default=None)
             if args.count and len(collector.records) >= args.count:

@@ -151,6 +151,13 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
     recorder = _run(["offline_tools.record_poses", str(out), "--bag", str(bag),
                      "--image-topic", "/camera/image/compressed",
                      "--name-format", "rear/{stamp_us}.jpg", "--timeout", "600"], env)
+    recorder_lines = _Lines(recorder)
+    # the pose topic is volatile: a pose published before the recorder found the node is lost
+    if not recorder_lines.wait_for("pose publisher found", timeout_s=120):
+        for proc in (recorder, node):
+            proc.send_signal(signal.SIGINT)
+        node.wait(timeout=60)
+        pytest.fail(f"the recorder never found the node:\n{recorder_lines.text()[-3000:]}")
     rate = SPACING_S / (3.0 * per_frame_s + 0.5)
     try:
         player = _run(["offline_tools.play_bag", str(bag), "--rate", f"{rate:.4f}",
@@ -160,10 +167,11 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
         player_out, _ = player.communicate(timeout=600)
         assert player.returncode == 0, player_out
         try:  # it stops by itself once every frame has a pose; failed frames have none
-            recorder_out, _ = recorder.communicate(timeout=4.0 * per_frame_s + 5.0)
+            recorder.wait(timeout=4.0 * per_frame_s + 5.0)
         except subprocess.TimeoutExpired:
             recorder.send_signal(signal.SIGINT)
-            recorder_out, _ = recorder.communicate(timeout=30)
+            recorder.wait(timeout=30)
+        recorder_out = recorder_lines.text()
         assert recorder.returncode == 0, recorder_out
     finally:
         for proc in (recorder, node):
