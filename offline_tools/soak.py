@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     from sensor_msgs.msg import CameraInfo, Image  # noqa: PLC0415
 
     from ros2_s2dhm.ros.conversions import camera_to_camera_info  # noqa: PLC0415
+    from ros2_s2dhm.ros.process import init_ros  # noqa: PLC0415
 
     try:
         dataset = load_dataset(args.dataset)
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
+    init_ros(context=context, domain_id=domain)
     client = rclpy.create_node("s2dhm_soak", context=context)
     qos = (qos_profile_sensor_data if args.qos == "sensor_data"
            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))

@@ -312,3 +312,72 @@ def test_lifecycle_transitions(tiny_map, tmp_path, domain):
 def _services_up(client) -> bool:
     names = {name for name, _ in client.node.get_service_names_and_types()}
     return f"{NODE}/change_state" in names and f"{NODE}/get_state" in names
+
+
+#: lifecycle transitions that lead to each state (after a configure that failed on a missing map)
+_WALKS = {
+    "unconfigured after a failed configure": [],
+    "inactive": [Transition.TRANSITION_CONFIGURE],
+    "active": [Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE],
+    "unconfigured after cleanup": [
+        Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE,
+        Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP],
+    "finalized": [Transition.TRANSITION_CONFIGURE,
+                  Transition.TRANSITION_INACTIVE_SHUTDOWN],
+}
+STOP_WITHIN_S = 10.0
+
+
+@pytest.mark.parametrize("state, signum", [
+    ("unconfigured after a failed configure", signal.SIGTERM),
+    ("inactive", signal.SIGINT),
+    ("active", signal.SIGTERM),
+    ("unconfigured after cleanup", signal.SIGINT),
+    ("unconfigured after cleanup", signal.SIGTERM),
+    ("finalized", signal.SIGINT),
+])
+def test_managed_node_stops_on_signal_in_every_state(tiny_map, tmp_path, domain, state, signum):
+    """Driven as a lifecycle manager drives it, then SIGINT/SIGTERM: exit 0 within 10 s, no
+    traceback (a cleaned-up node has no timer left to wake its executor)."""
+    _dataset, map_dir = tiny_map
+    node = NodeProcess("ros2_s2dhm.ros.lifecycle_node",
+                       {"map_dir": tmp_path / "missing", "weights": "random", "device": "cpu",
+                        "warmup": "false"}, domain)
+    client = Client(domain)
+    try:
+        assert wait_for(lambda: _services_up(client), 60.0), node.text()
+        assert not _transition(client, Transition.TRANSITION_CONFIGURE)
+        assert client.set_parameter("map_dir", str(map_dir)).successful
+        for transition in _WALKS[state]:
+            assert _transition(client, transition), f"{state}: transition {transition}\n{node.text()}"
+    finally:
+        client.close()
+    time.sleep(1.0)  # idle in that state
+    start = time.monotonic()
+    node.proc.send_signal(signum)
+    try:
+        code = node.proc.wait(timeout=STOP_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        node.proc.kill()
+        pytest.fail(f"{state}: still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
+    out = node.stop()
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    print(f"{state}: stopped {time.monotonic() - start:.2f} s after {signum.name}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_plain_node_without_map_stops_on_signal(tmp_path, domain, signum):
+    """The plain node with no map (nothing loaded) stops on SIGINT/SIGTERM too."""
+    node = NodeProcess("ros2_s2dhm.ros.localizer_node",
+                       {"map_dir": tmp_path / "missing", "weights": "random", "device": "cpu",
+                        "diagnostics_period_s": 0.0}, domain)
+    assert node.wait_for_output("ready:", 60.0), node.stop()
+    node.proc.send_signal(signum)
+    try:
+        code = node.proc.wait(timeout=STOP_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        node.proc.kill()
+        pytest.fail(f"still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
+    out = node.stop()
+    assert code == 0 and "Traceback" not in out, out

@@ -56,7 +56,7 @@ from ros2_s2dhm.options import OptionError, localizer_config
 from ros2_s2dhm.ros import conversions as conv
 from ros2_s2dhm.ros.parameters import (LOCALIZER, NODE_NAME, PARAMETERS, check_values, descriptor,
                                        localizer_values)
-from ros2_s2dhm.ros.process import init_ros
+from ros2_s2dhm.ros.process import SIGNAL_POLL_S, init_ros
 from ros2_s2dhm.runtime import build_localizer, resolve_device
 
 __all__ = ["LocalizerNode", "LifecycleLocalizerNode", "PARAMETERS", "NODE_NAME", "build_pipeline",
@@ -766,7 +766,8 @@ def _spin(node_class, args) -> int:
         node = node_class()
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():  # a bounded wait: the signal handler runs between waits
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
     except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameter: {exc}")
         code = 1
