@@ -14,7 +14,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "offline_tools", "offline_tools.*"]),
-    package_data={PACKAGE: ["weights/*.pth", "weights/*.md"]},
+    package_data={PACKAGE: ["weights/*.pth", "weights/*.md", "ros/profiles/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -56,6 +56,11 @@ def generate_launch_description():
                               description="start the managed (lifecycle) node"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="with lifecycle: configure and activate it here"),
+        DeclareLaunchArgument("transport", default_value="camera_frames",
+                              description="camera_frames: the node's Fast DDS participant takes "
+                                          "frames over UDP with 4 MB socket buffers (large "
+                                          "best-effort frames arrive); middleware: leave the "
+                                          "middleware as configured"),
     ]
     lifecycle = LaunchConfiguration("lifecycle")
     common = dict(
@@ -78,6 +83,8 @@ def generate_launch_description():
             ("camera_info", LaunchConfiguration("camera_info_topic")),
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        # read by the node before the middleware starts (ros2_s2dhm/ros/transport.py)
+        additional_env={"S2DHM_TRANSPORT": LaunchConfiguration("transport")},
     )
     node = Node(executable="localizer_node", condition=UnlessCondition(lifecycle), **common)
     managed = LifecycleNode(executable="lifecycle_localizer_node", condition=IfCondition(lifecycle),

@@ -1,11 +1,17 @@
 """Soak benchmark of the node: images at a fixed rate for minutes, latency and memory measured.
 
     soak --dataset SET --map MAP [--rate 30] [--duration 300] [--weights W] [--device D]
-         [--condition C] [--qos sensor_data|reliable] [--out soak.json] [-p name:=value ...]
+         [--condition C] [--qos sensor_data|reliable] [--publisher-qos best_effort|reliable]
+         [--frames N] [--size WxH] [--out soak.json] [-p name:=value ...]
 
-Starts ``localizer_node`` as its own process on a random ROS domain (loopback discovery), then
-publishes the dataset's query images (raw ``rgb8`` Image + CameraInfo, stamped with the send
-time) at ``--rate`` Hz for ``--duration`` seconds, cycling through them. Measured:
+    # the frames-in probe: 20 full-size frames, one every 3 s, from a best-effort publisher
+    soak --dataset SET --map MAP --frames 20 --rate 0.333 --size 640x480
+
+Starts ``localizer_node`` as its own process on a random ROS domain (loopback discovery), at
+its defaults plus ``-p``, then publishes the dataset's query images (raw ``rgb8`` Image +
+CameraInfo, stamped with the send time, resized to ``--size``) at ``--rate`` Hz for
+``--duration`` seconds or ``--frames`` frames, cycling through them, as a camera driver does
+(best-effort unless ``--publisher-qos reliable``). Measured:
 
 * latency: image publish -> pose received, for every frame that got a pose (the pose carries
   the image's stamp), median / p90 / max;
@@ -13,9 +19,9 @@ time) at ``--rate`` Hz for ``--duration`` seconds, cycling through them. Measure
   median: the bound the latency is judged against (p90 <= 1.5x, max <= 2.5x);
 * the overhead: each frame's latency minus its own pipeline time (transport, waiting in the
   slot, decoding, publishing), which is what the node's queueing adds;
-* what happened to the frames: sent, received by the node, lost before its callback (the
-  node's estimate from stamp gaps beside the true count, sent - received), dropped in its
-  slot, processed, poses (from its /diagnostics counters);
+* what happened to the frames: sent, reached the node's callback (bound: 95 %), lost before
+  it (the node's estimate from stamp gaps beside the true count, sent - received), dropped in
+  its slot, processed, poses (from its /diagnostics counters, read once the node is idle);
 * the node's resident memory (``/proc/PID/status`` VmRSS, Linux) every second: the last
   minute's maximum against the first minute's (flat: within 10 %).
 
@@ -35,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ros2_s2dhm.datasets import load_dataset, read_image
@@ -45,6 +52,7 @@ NODE = "/s2dhm_localizer"
 LATENCY_P90_BOUND = 1.5
 LATENCY_MAX_BOUND = 2.5
 RSS_GROWTH_BOUND = 0.10
+FRAMES_IN_BOUND = 0.95
 
 
 def parse_args(argv=None):
@@ -58,13 +66,30 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=300.0, help="seconds of sending (default 300)")
     p.add_argument("--weights", default="default")
     p.add_argument("--device", default="auto")
-    p.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"),
-                   help="image QoS of the node and of the sender (default sensor_data)")
+    p.add_argument("--qos", default=None, choices=("sensor_data", "reliable", "system_default"),
+                   help="the node's image_qos (default: the node's default)")
+    p.add_argument("--publisher-qos", default="best_effort", choices=("best_effort", "reliable"),
+                   help="reliability of the image publisher (default best_effort, as camera "
+                        "drivers publish)")
+    p.add_argument("--frames", type=int, default=0,
+                   help="send this many frames, then stop (0: --duration decides)")
+    p.add_argument("--size", type=_size, default=None, metavar="WxH",
+                   help="resize the images to this size (intrinsics scaled); default: as stored")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="more node parameters")
     p.add_argument("--images", type=int, default=20, help="distinct images cycled (default 20)")
     p.add_argument("--out", type=Path, default=Path("soak.json"))
     return p.parse_args(argv)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: width and height must be positive")
+    return width, height
 
 
 def rss_mb(pid: int) -> float | None:
@@ -104,7 +129,11 @@ def summarize(latencies_s, pipeline_ms, rss, counters, sent, duration_s, overhea
         out.update({"rss_first_minute_max_mb": float(first.max()),
                     "rss_last_minute_max_mb": float(last.max()),
                     "rss_growth": float(last.max() / first.max() - 1.0)})
+    received = counters.get("frames_received")
+    out["reached_callback"] = received / sent if sent and received is not None else None
     out["verdict"] = {
+        "frames_in": out["reached_callback"] is not None
+        and out["reached_callback"] >= FRAMES_IN_BOUND,
         "latency_p90": (out.get("latency_p90_over_pipeline") is not None
                         and out["latency_p90_over_pipeline"] <= LATENCY_P90_BOUND),
         "latency_max": (out.get("latency_max_over_pipeline") is not None
@@ -118,8 +147,9 @@ def format_report(r: dict) -> str:
         return "n/a" if v is None else f"{v * scale:.2f}{unit}"
     c = r["node_counters"]
     lines = [
-        f"sent {r['sent']} images in {r['duration_s']:.0f} s; node: received "
-        f"{c.get('frames_received', '?')}, lost before callback {c.get('frames_lost', '?')} "
+        f"sent {r['sent']} images in {r['duration_s']:.0f} s; reached the node's callback "
+        f"{c.get('frames_received', '?')} ({f(r.get('reached_callback'), ' %', 100)}; bound "
+        f"{FRAMES_IN_BOUND * 100:.0f} %), lost before it {c.get('frames_lost', '?')} "
         f"(true: {r['sent'] - c['frames_received'] if 'frames_received' in c else '?'}), "
         f"dropped in slot {c.get('frames_dropped', '?')}, processed {c.get('frames_processed', '?')}"
         f", poses published {c.get('poses_published', '?')}; poses received {r['poses']}",
@@ -136,6 +166,22 @@ def format_report(r: dict) -> str:
         f"{RSS_GROWTH_BOUND * 100:.0f} %)",
         "verdict: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in r["verdict"].items())]
     return "\n".join(lines)
+
+
+def _wait_idle(counters: dict, lock, sent: int, timeout_s: float = 60.0) -> None:
+    """Until the node's counters account for every frame it received (the frame in flight is
+    done) and a heartbeat later, at most ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    time.sleep(2.0)  # frames still on their way, the next heartbeat
+    while time.monotonic() < end:
+        with lock:
+            received = counters.get("frames_received", 0)
+            done = sum(counters.get(k, 0) for k in (
+                "frames_processed", "frames_dropped", "frames_stale", "frames_bad_input"))
+        if received and done >= received:
+            break
+        time.sleep(0.5)
+    time.sleep(1.5)  # a heartbeat after the last frame
 
 
 def main(argv=None) -> int:
@@ -169,8 +215,9 @@ def main(argv=None) -> int:
                PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "ros2_s2dhm.ros.localizer_node", "--ros-args",
            "-p", f"map_dir:={args.map}", "-p", f"weights:={args.weights}",
-           "-p", f"device:={args.device}", "-p", f"image_qos:={args.qos}",
-           "-p", "tracking_enabled:=false"]
+           "-p", f"device:={args.device}", "-p", "tracking_enabled:=false"]
+    if args.qos:
+        cmd += ["-p", f"image_qos:={args.qos}"]
     for extra in args.param:
         cmd += ["-p", extra]
     node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -188,7 +235,7 @@ def main(argv=None) -> int:
     context = rclpy.Context()
     init_ros(context=context, domain_id=domain)
     client = rclpy.create_node("s2dhm_soak", context=context)
-    qos = (qos_profile_sensor_data if args.qos == "sensor_data"
+    qos = (qos_profile_sensor_data if args.publisher_qos == "best_effort"
            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     image_pub = client.create_publisher(Image, "image", qos)
     info_pub = client.create_publisher(CameraInfo, "camera_info", qos)
@@ -232,12 +279,16 @@ def main(argv=None) -> int:
 
     messages = []
     for q in picked:
-        image = read_image(q.path)
-        msg = Image(width=q.camera.width, height=q.camera.height, encoding="rgb8",
-                    step=q.camera.width * 3)
+        image, camera = read_image(q.path), q.camera
+        if args.size is not None and args.size != (camera.width, camera.height):
+            width, height = args.size
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            camera = camera.scaled(width / camera.width, height / camera.height, width, height)
+        msg = Image(width=camera.width, height=camera.height, encoding="rgb8",
+                    step=camera.width * 3)
         msg.header.frame_id = "camera"
-        msg.data = image.tobytes()
-        messages.append((msg, camera_to_camera_info(q.camera, frame_id="camera")))
+        msg.data = np.ascontiguousarray(image).tobytes()
+        messages.append((msg, camera_to_camera_info(camera, frame_id="camera")))
     sent = 0
     start = None
     try:
@@ -247,12 +298,17 @@ def main(argv=None) -> int:
         while image_pub.get_subscription_count() == 0:
             time.sleep(0.05)
         time.sleep(1.0)
-        log.info("sending %d images at %.1f Hz for %.0f s", len(messages), args.rate, args.duration)
+        width, height = messages[0][0].width, messages[0][0].height
+        log.info("sending %d distinct %dx%d images at %.3g Hz, %s, %s publisher", len(messages),
+                 width, height, args.rate, f"{args.frames} frames" if args.frames
+                 else f"for {args.duration:.0f} s", args.publisher_qos)
         start = time.monotonic()
         stamp0_ns = client.get_clock().now().nanoseconds
         next_rss = start
         period = 1.0 / args.rate
-        while (now := time.monotonic()) - start < args.duration:
+        while (sent < args.frames if args.frames
+               else time.monotonic() - start < args.duration):
+            now = time.monotonic()
             msg, info = messages[sent % len(messages)]
             # stamped at its scheduled time, as a camera stamps its frames at a fixed rate
             stamp = Time(nanoseconds=stamp0_ns + round(sent * period * 1e9)).to_msg()
@@ -268,7 +324,7 @@ def main(argv=None) -> int:
                     rss.append((now - start, mem))
                 next_rss += 1.0
             time.sleep(max(0.0, start + sent * period - time.monotonic()))
-        time.sleep(5.0)  # the frame in flight
+        _wait_idle(counters, lock, sent)
     except KeyboardInterrupt:
         pass
     finally:
@@ -287,7 +343,8 @@ def main(argv=None) -> int:
         overheads = [latency_of[s] - pipeline_of[s] / 1e3 for s in latency_of if s in pipeline_of]
         report = summarize(latencies, pipeline_ms, rss, dict(counters), sent, duration, overheads)
     report.update({"rate_hz": args.rate, "map": str(args.map), "dataset": str(args.dataset),
-                   "qos": args.qos, "params": args.param, "rss_mb": rss,
+                   "qos": args.qos, "publisher_qos": args.publisher_qos, "size": args.size,
+                   "params": args.param, "rss_mb": rss,
                    "latencies_s": latencies, "pipeline_ms": pipeline_ms})
     args.out.write_text(json.dumps(report, indent=1))
     print(format_report(report))

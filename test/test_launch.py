@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "localize.launch.py"
 CONFIG = ROOT / "config" / "localize.yaml"
 ARGUMENTS = {"map_dir", "weights", "params_file", "image_topic", "camera_info_topic", "device",
-             "use_sim_time", "namespace", "log_level", "lifecycle", "autostart"}
+             "use_sim_time", "namespace", "log_level", "lifecycle", "autostart", "transport"}
 
 
 def _yaml_parameters():
@@ -88,6 +88,16 @@ def test_launch_file_static_checks():
     common = next(c for c in calls if getattr(c.func, "id", None) == "dict")
     keywords = {k.arg: k.value for k in common.keywords}
     assert "remappings" in keywords and "--log-level" in ast.unparse(keywords["arguments"])
+    # the transport choice reaches the node's environment under the name transport.py reads
+    from ros2_s2dhm.ros.transport import TRANSPORT_ENV, TRANSPORTS
+
+    env = keywords["additional_env"]
+    assert ast.literal_eval(env.keys[0]) == TRANSPORT_ENV
+    assert "'transport'" in ast.unparse(env.values[0])
+    default = next(c for c in calls if getattr(c.func, "id", None) == "DeclareLaunchArgument"
+                   and c.args[0].value == "transport")
+    assert ast.literal_eval(next(k.value for k in default.keywords
+                                 if k.arg == "default_value")) == TRANSPORTS[0]
     executables = {getattr(c.func, "id", None): ast.literal_eval(
         next(k.value for k in c.keywords if k.arg == "executable"))
         for c in calls if getattr(c.func, "id", None) in ("Node", "LifecycleNode")}

@@ -381,3 +381,53 @@ def test_plain_node_without_map_stops_on_signal(tmp_path, domain, signum):
         pytest.fail(f"still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
     out = node.stop()
     assert code == 0 and "Traceback" not in out, out
+
+
+FULL_SIZE = (640, 480)  # 0.9 MB rgb8: larger than Fast DDS's default segment and socket buffer
+
+
+@pytest.mark.parametrize("frames", [6])
+def test_full_size_best_effort_frames_reach_an_idle_node(tiny_map, domain, frames):
+    """A camera driver at its defaults (best-effort, this process's default transport) sends
+    full-size frames slowly to the node at its defaults: every frame reaches its callback.
+    (Fast DDS's defaults delivered none of them: see ros2_s2dhm/ros/transport.py.)"""
+    import cv2  # noqa: PLC0415
+    from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
+
+    dataset, map_dir = tiny_map
+    query = dataset.queries[0]
+    width, height = FULL_SIZE
+    camera = query.camera.scaled(width / query.camera.width, height / query.camera.height,
+                                 width, height)
+    image = cv2.resize(read_image(query.path), FULL_SIZE, interpolation=cv2.INTER_LINEAR)
+    node = NodeProcess("ros2_s2dhm.ros.localizer_node",
+                       {"map_dir": map_dir, "weights": "random", "device": "cpu"}, domain)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    driver = rclpy.create_node("camera_driver", context=context)
+    try:
+        image_pub = driver.create_publisher(Image, "image", qos_profile_sensor_data)
+        info_pub = driver.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+        assert node.wait_for_output("ready:", 120.0), node.stop()
+        assert wait_for(lambda: image_pub.get_subscription_count() > 0, 60.0), node.stop()
+        time.sleep(1.0)  # the node's subscription matches this publisher too
+        info = camera_to_camera_info(camera, frame_id="camera")
+        msg = Image(width=width, height=height, encoding="rgb8", step=width * 3)
+        msg.header.frame_id = "camera"
+        msg.data = image.tobytes()
+        for i in range(frames):
+            for m in (info, msg):
+                m.header.stamp.sec, m.header.stamp.nanosec = 1 + i, 0
+            info_pub.publish(info)
+            image_pub.publish(msg)
+            time.sleep(1.0)  # slower than the node: nothing is dropped for being busy
+        time.sleep(2.0)
+    finally:
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+        out = node.stop()
+    counts = [line for line in out.splitlines() if "frames: frames_received" in line]
+    assert counts, out
+    received = int(counts[-1].split("frames_received ")[1].split(",")[0])
+    assert received == frames, f"{received} of {frames} full-size frames reached the node\n{out}"
+    assert "transport: camera frames" in out, out

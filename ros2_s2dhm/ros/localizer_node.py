@@ -57,6 +57,7 @@ from ros2_s2dhm.ros import conversions as conv
 from ros2_s2dhm.ros.parameters import (LOCALIZER, NODE_NAME, PARAMETERS, check_values, descriptor,
                                        localizer_values)
 from ros2_s2dhm.ros.process import SIGNAL_POLL_S, init_ros
+from ros2_s2dhm.ros.transport import apply_transport, socket_buffer_warning
 from ros2_s2dhm.runtime import build_localizer, resolve_device
 
 __all__ = ["LocalizerNode", "LifecycleLocalizerNode", "PARAMETERS", "NODE_NAME", "build_pipeline",
@@ -759,11 +760,15 @@ def draw_matches(image: np.ndarray, result, camera) -> np.ndarray:
 
 def _spin(node_class, args) -> int:
     """Run one node until SIGINT/SIGTERM; 1 (with the reason, no traceback) on bad parameters."""
+    transport = apply_transport()  # before the middleware reads its environment
     init_ros(args=args)
     node = executor = None
     code = 0
     try:
         node = node_class()
+        node.get_logger().info(transport.summary())
+        if transport.applied is not None and (warning := socket_buffer_warning()):
+            node.get_logger().warning(warning)
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         while rclpy.ok():  # a bounded wait: the signal handler runs between waits
