@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--publisher-qos", default="best_effort", choices=("best_effort", "reliable"),
                    help="reliability of the image publisher (default best_effort, as camera "
                         "drivers publish)")
+    p.add_argument("--compressed", action="store_true",
+                   help="publish JPEG CompressedImage on image/compressed (node: use_compressed)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="with --compressed (default 90)")
     p.add_argument("--frames", type=int, default=0,
                    help="send this many frames, then stop (0: --duration decides)")
     p.add_argument("--size", type=_size, default=None, metavar="WxH",
@@ -153,7 +156,8 @@ def format_report(r: dict) -> str:
         f"(true: {r['sent'] - c['frames_received'] if 'frames_received' in c else '?'}), "
         f"dropped in slot {c.get('frames_dropped', '?')}, processed {c.get('frames_processed', '?')}"
         f", poses published {c.get('poses_published', '?')}; poses received {r['poses']}",
-        f"node pipeline time (median): {f(r['pipeline_median_s'], ' s')}",
+        f"node pipeline time (median): {f(r['pipeline_median_s'], ' s')}, of which decoding the "
+        f"message {f(r.get('decode_median_ms'), ' ms')}",
         f"publish -> pose latency: median {f(r['latency_median_s'], ' s')}, p90 "
         f"{f(r['latency_p90_s'], ' s')} ({f(r.get('latency_p90_over_pipeline'), 'x')} the pipeline; "
         f"bound {LATENCY_P90_BOUND}x), max {f(r['latency_max_s'], ' s')} "
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
     from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
     from rclpy.time import Time  # noqa: PLC0415
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: PLC0415
-    from sensor_msgs.msg import CameraInfo, Image  # noqa: PLC0415
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: PLC0415
 
     from ros2_s2dhm.ros.conversions import camera_to_camera_info  # noqa: PLC0415
     from ros2_s2dhm.ros.process import init_ros  # noqa: PLC0415
@@ -218,6 +222,8 @@ def main(argv=None) -> int:
            "-p", f"device:={args.device}", "-p", "tracking_enabled:=false"]
     if args.qos:
         cmd += ["-p", f"image_qos:={args.qos}"]
+    if args.compressed:
+        cmd += ["-p", "use_compressed:=true"]
     for extra in args.param:
         cmd += ["-p", extra]
     node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -237,10 +243,11 @@ def main(argv=None) -> int:
     client = rclpy.create_node("s2dhm_soak", context=context)
     qos = (qos_profile_sensor_data if args.publisher_qos == "best_effort"
            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    image_pub = client.create_publisher(Image, "image", qos)
+    image_pub = (client.create_publisher(CompressedImage, "image/compressed", qos)
+                 if args.compressed else client.create_publisher(Image, "image", qos))
     info_pub = client.create_publisher(CameraInfo, "camera_info", qos)
     sent_at: dict[int, float] = {}
-    latencies, pipeline_ms, rss = [], [], []
+    latencies, pipeline_ms, decode_ms, rss = [], [], [], []
     pipeline_of: dict[int, float] = {}  # frame stamp -> its pipeline ms
     latency_of: dict[int, float] = {}
     counters: dict = {}
@@ -259,11 +266,13 @@ def main(argv=None) -> int:
             if not status.name.startswith("s2dhm_localizer"):
                 continue
             values = {kv.key: kv.value for kv in status.values}
+            frame = values.get("frames_processed")
             with lock:
                 counters.update({k: int(v) for k, v in values.items()
                                  if k.startswith(("frames_", "poses_", "localization_"))})
+                if "latency_decode_ms" in values and frame != counters.get("_last_timed"):
+                    decode_ms.append(float(values["latency_decode_ms"]))
                 total = values.get("latency_total_ms")
-                frame = values.get("frames_processed")
                 if total is not None and frame != counters.get("_last_timed"):
                     pipeline_ms.append(float(total))
                     counters["_last_timed"] = frame
@@ -284,10 +293,14 @@ def main(argv=None) -> int:
             width, height = args.size
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
             camera = camera.scaled(width / camera.width, height / camera.height, width, height)
-        msg = Image(width=camera.width, height=camera.height, encoding="rgb8",
-                    step=camera.width * 3)
+        if args.compressed:  # as image_transport's compressed publisher writes it
+            ok, data = cv2.imencode(".jpg", image[:, :, ::-1],
+                                    [cv2.IMWRITE_JPEG_QUALITY, args.jpeg_quality])
+            msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=data.tobytes())
+        else:
+            msg = Image(width=camera.width, height=camera.height, encoding="rgb8",
+                        step=camera.width * 3, data=np.ascontiguousarray(image).tobytes())
         msg.header.frame_id = "camera"
-        msg.data = np.ascontiguousarray(image).tobytes()
         messages.append((msg, camera_to_camera_info(camera, frame_id="camera")))
     sent = 0
     start = None
@@ -298,10 +311,11 @@ def main(argv=None) -> int:
         while image_pub.get_subscription_count() == 0:
             time.sleep(0.05)
         time.sleep(1.0)
-        width, height = messages[0][0].width, messages[0][0].height
-        log.info("sending %d distinct %dx%d images at %.3g Hz, %s, %s publisher", len(messages),
-                 width, height, args.rate, f"{args.frames} frames" if args.frames
-                 else f"for {args.duration:.0f} s", args.publisher_qos)
+        info = messages[0][1]
+        log.info("sending %d distinct %dx%d %s images (%.0f KB) at %.3g Hz, %s, %s publisher",
+                 len(messages), info.width, info.height, "JPEG" if args.compressed else "rgb8",
+                 len(messages[0][0].data) / 1024, args.rate, f"{args.frames} frames"
+                 if args.frames else f"for {args.duration:.0f} s", args.publisher_qos)
         start = time.monotonic()
         stamp0_ns = client.get_clock().now().nanoseconds
         next_rss = start
@@ -342,8 +356,10 @@ def main(argv=None) -> int:
         counters.pop("_last_timed", None)
         overheads = [latency_of[s] - pipeline_of[s] / 1e3 for s in latency_of if s in pipeline_of]
         report = summarize(latencies, pipeline_ms, rss, dict(counters), sent, duration, overheads)
+        report["decode_median_ms"] = percentile(decode_ms, 50)
     report.update({"rate_hz": args.rate, "map": str(args.map), "dataset": str(args.dataset),
                    "qos": args.qos, "publisher_qos": args.publisher_qos, "size": args.size,
+                   "compressed": args.compressed,
                    "params": args.param, "rss_mb": rss,
                    "latencies_s": latencies, "pipeline_ms": pipeline_ms})
     args.out.write_text(json.dumps(report, indent=1))

@@ -92,7 +92,14 @@ def test_time_budget_stops_the_cascade(tiny_map_dir, random_network, scene):
     res = bounded.localize(image, camera)
     assert not res.success and res.budget_exhausted
     assert len(res.reference_names) == 2  # one batch, then the budget was spent
-    assert "time_budget_ms" in res.failure_reason
+    assert "time budget" in res.failure_reason
+    # a per-query budget (the node's adaptive one) replaces the config's for that query
+    unbounded_localizer = Localizer(net, ref_map, config)
+    qf = unbounded_localizer.features(image, camera)
+    cut = unbounded_localizer.localize_features(qf, time_budget_ms=1e-3)
+    assert cut.budget_exhausted and len(cut.reference_names) == 2
+    lifted = bounded.localize_features(bounded.features(image, camera), time_budget_ms=0.0)
+    assert not lifted.budget_exhausted and len(lifted.reference_names) == 6
 
 
 def test_bad_query_input_is_named(tiny_map_dir, random_network, scene):

@@ -45,6 +45,7 @@ class FakePipeline:
         self.delay_s = delay_s
         self.fail_with_prior = fail_with_prior
         self.calls = []
+        self.budgets = []
         self.backbone_passes = 0
 
     def features(self, image, camera):
@@ -55,8 +56,10 @@ class FakePipeline:
     def localize(self, image, camera, prior_center=None, prior_radius_m=None):
         return self.localize_features(self.features(image, camera), prior_center, prior_radius_m)
 
-    def localize_features(self, image, prior_center=None, prior_radius_m=None):
+    def localize_features(self, image, prior_center=None, prior_radius_m=None,
+                          time_budget_ms=None):
         self.calls.append((image.shape, prior_center, prior_radius_m))
+        self.budgets.append(time_budget_ms)
         if int(image.max()) == FAIL_VALUE or (self.fail_with_prior and prior_center is not None):
             return LocalizationResult(success=False, failure_reason="too few inliers (fake)",
                                       num_matches=3, num_inliers=2,
@@ -234,6 +237,29 @@ def test_tracking_prior_failure_retries_without_a_second_backbone_pass(harness):
     assert h.pipeline.backbone_passes == 2  # one per frame, not three
     priors = [call[1] is not None for call in h.pipeline.calls]
     assert priors == [False, True, False]
+
+
+def test_time_budget_follows_the_recent_pipeline_time(harness):
+    """After 5 frames each frame runs under latency_budget_factor x the median pipeline time
+    (the fake reports 10 ms); an explicit time_budget_ms takes precedence; 0 turns it off."""
+    h = harness(latency_budget_factor=2.0)
+    h.send_info()
+    for i in range(7):
+        h.send_image(1_000 * (i + 1))
+        assert wait_for(lambda: len(h.poses) == i + 1)
+    assert h.pipeline.budgets == [None] * 5 + [20.0, 20.0]
+    n = len(h.diagnostics)
+    assert h.node.set_parameters([Parameter("time_budget_ms", value=500.0)])[0].successful
+    h.send_image(8_000)
+    assert wait_for(lambda: len(h.poses) == 8)
+    assert h.pipeline.budgets[-1] is None  # the localizer's own 500 ms applies
+    assert h.node.set_parameters([Parameter("time_budget_ms", value=0.0),
+                                  Parameter("latency_budget_factor", value=0.0)])[0].successful
+    h.send_image(9_000)
+    assert wait_for(lambda: len(h.poses) == 9)
+    assert h.pipeline.budgets[-1] is None
+    status = h.status_after(n, contains="localized")
+    assert status is not None and "time_budget_ms" in values(status)
 
 
 def _bad_inputs():

@@ -53,6 +53,7 @@ from std_srvs.srv import Trigger
 
 from ros2_s2dhm.errors import CameraError, S2DHMError
 from ros2_s2dhm.options import OptionError, localizer_config
+from ros2_s2dhm.latency_budget import AdaptiveBudget
 from ros2_s2dhm.ros import conversions as conv
 from ros2_s2dhm.ros.parameters import (LOCALIZER, NODE_NAME, PARAMETERS, check_values, descriptor,
                                        localizer_values)
@@ -85,6 +86,8 @@ PIPELINE_FACTORY = build_pipeline
 class _Frame:
     msg: object
     received: float  # time.monotonic()
+    decode_ms: float = 0.0  # message -> RGB array (JPEG decoding for CompressedImage)
+    budget_ms: float | None = None  # the adaptive time budget it ran under (None: none)
 
 
 @dataclass
@@ -163,6 +166,7 @@ class _LocalizerBehaviour:
         self._last_start = -np.inf
         self._stats = _Stats()
         self._rates = _Rates()
+        self._budget = AdaptiveBudget(PARAMETERS["latency_budget_factor"].default)
         self._last_pose_time: float | None = None
         self._pipeline = None
         self._map_in_use: str | None = None
@@ -477,6 +481,15 @@ class _LocalizerBehaviour:
                 self._cond.wait(timeout=min(wait, 0.1))
         return None
 
+    def _frame_budget_ms(self) -> float | None:
+        """This frame's time budget: None (the localizer's time_budget_ms) when that is set,
+        else latency_budget_factor x the recent median pipeline time (None while warming up)."""
+        if self._p["time_budget_ms"] > 0:
+            return None
+        with self._cond:
+            self._budget.factor = self._p["latency_budget_factor"]
+            return self._budget.budget_ms()
+
     def _worker_loop(self) -> None:
         while (frame := self._next_frame()) is not None:
             try:
@@ -532,7 +545,9 @@ class _LocalizerBehaviour:
             self._problem(f"bad input: {self._camera_problem}", "frames_bad_input", {})
             return
         try:
+            start = time.perf_counter()
             image = conv.image_msg_to_rgb(msg)
+            frame.decode_ms = 1e3 * (time.perf_counter() - start)
             conv.check_image_matches_camera(image, camera)
         except S2DHMError as exc:
             self._problem(f"bad input: {exc}", "frames_bad_input", {})
@@ -543,19 +558,24 @@ class _LocalizerBehaviour:
                 self._set_status(DiagnosticStatus.ERROR, f"no map loaded: {self._map_error}", {})
                 return
             center, radius, source = self._prior()
+            budget = self._frame_budget_ms()
             try:
                 features = pipeline.features(image, camera)  # the one backbone pass
                 self._stats.backbone_passes += 1
-                result = pipeline.localize_features(features, center, radius)
+                result = pipeline.localize_features(features, center, radius,
+                                                    time_budget_ms=budget)
                 if not result.success and source == "tracking":
                     source = "retrieval (tracking prior failed)"
-                    result = pipeline.localize_features(features, None, None)
+                    result = pipeline.localize_features(features, None, None,
+                                                        time_budget_ms=budget)
             except S2DHMError as exc:
                 self._problem(f"bad input: {exc}", "frames_bad_input", {})
                 return
         with self._cond:
             self._stats.frames_processed += 1
             self._rates.on_processed(time.monotonic())
+            self._budget.observe(result.timings_ms.get("total", np.nan))
+            frame.budget_ms = budget
         published = self._publish_result(msg, result, image, camera)
         values = self._result_values(result, source, frame, stamp_ns, published)
         with self._cond:
@@ -607,6 +627,8 @@ class _LocalizerBehaviour:
         now_ns = self.get_clock().now().nanoseconds
         values = {f"latency_{stage}_ms": f"{ms:.1f}" for stage, ms in result.timings_ms.items()}
         values.update({
+            "latency_decode_ms": f"{frame.decode_ms:.1f}",
+            "time_budget_ms": "none" if frame.budget_ms is None else f"{frame.budget_ms:.0f}",
             "latency_receive_to_result_ms": f"{1e3 * (time.monotonic() - frame.received):.1f}",
             "latency_stamp_to_result_ms": f"{(now_ns - stamp_ns) * 1e-6:.1f}",
             "frame_stamp_ns": str(stamp_ns),

@@ -56,6 +56,11 @@ NODE_OPTIONS: tuple[Option, ...] = (
           read_only=True),
     _node("continuous", True, "localize every frame; false: only after ~/trigger_localization"),
     _node("max_rate_hz", 0.0, "at most this many localizations per second; 0: unlimited", low=0.0),
+    _node("latency_budget_factor", 1.3, "verify no further reference once a frame has taken this "
+                                        "many times the median pipeline time of recent frames "
+                                        "(bounds the latency of a live stream; the localizer's "
+                                        "time_budget_ms, when set, takes precedence); 0: off",
+          low=0.0),
     _node("max_image_age_s", 0.0, "skip (WARN) frames older than this when processing starts; "
                                   "0: off", low=0.0),
     _node("map_frame", "map", "frame_id of the published pose and parent of the TF",
