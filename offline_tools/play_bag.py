@@ -103,9 +103,12 @@ def main(argv=None) -> int:
     except S2DHMError as exc:
         log.error("%s", exc)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: a normal stop, as for ros2 bag play
         stop.set()
-        return 130
+        stats = player.stats if "player" in locals() else None
+        if stats is not None:
+            print(f"interrupted after {sum(stats.published.values())} messages")
+        return 0
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -189,3 +189,33 @@ def test_qos_choice(bag):
     assert parse_qos_overrides([f"{IMAGE_TOPIC}=transient_local"]) == {IMAGE_TOPIC: "transient_local"}
     with pytest.raises(BagError, match="topic="):
         parse_qos_overrides([f"{IMAGE_TOPIC}=latched"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, signum", [("play_bag", "SIGINT"), ("play_bag", "SIGTERM"),
+                                          ("record_poses", "SIGINT"), ("record_poses", "SIGTERM")])
+def test_tools_stop_on_signal(bag, ros_env, tmp_path, tool, signum):
+    """The player (waiting for a subscriber) and the recorder (waiting for poses) stop on
+    SIGINT/SIGTERM within 10 s, exit 0, no traceback; the recorder still writes its file."""
+    import signal
+    import subprocess
+    import sys
+
+    args = {"play_bag": [str(bag), "--wait-for-subscribers", "1", "--wait-timeout", "120",
+                         "--loop"],
+            "record_poses": [str(tmp_path / "poses.txt"), "--name-format", "{stamp_us}.jpg"]}[tool]
+    proc = subprocess.Popen([sys.executable, "-m", f"offline_tools.{tool}", *args],
+                            cwd=Path(__file__).resolve().parents[1], text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(6.0)  # started and waiting
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(getattr(signal, signum))
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{tool} still running 10 s after {signum}:\n{proc.communicate()[0]}")
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    if tool == "record_poses":
+        assert (tmp_path / "poses.txt").exists()
