@@ -10,6 +10,7 @@ from ros2_s2dhm.errors import CameraError, InputImageError  # noqa: E402
 from ros2_s2dhm.geometry.pose import Pose  # noqa: E402
 from ros2_s2dhm.geometry.rotation import matrix_to_rotvec  # noqa: E402
 from ros2_s2dhm.ros import conversions as conv  # noqa: E402
+from ros2_s2dhm.service import check_image_size  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -99,9 +100,9 @@ def test_bad_images_raise_named_errors(case, expected):
 
 def test_image_size_must_match_camera():
     camera = conv.camera_info_to_camera(camera_info())
-    conv.check_image_matches_camera(np.zeros((48, 64, 3), np.uint8), camera)
+    check_image_size(np.zeros((48, 64, 3), np.uint8), camera)
     with pytest.raises(InputImageError, match="32x48.*64x48"):
-        conv.check_image_matches_camera(np.zeros((48, 32, 3), np.uint8), camera)
+        check_image_size(np.zeros((48, 32, 3), np.uint8), camera)
 
 
 def test_rgb_to_image_msg_round_trip():

@@ -189,15 +189,6 @@ def rgb_to_image_msg(image: np.ndarray, header):
     return msg
 
 
-def check_image_matches_camera(image: np.ndarray, camera: Camera) -> None:
-    """InputImageError if the image size differs from the camera size."""
-    height, width = image.shape[:2]
-    if (width, height) != (camera.width, camera.height):
-        raise InputImageError(
-            f"image is {width}x{height} but the camera (CameraInfo or camera_* parameters) is "
-            f"{camera.width}x{camera.height}")
-
-
 # --------------------------------------------------------------------------- cameras
 
 

@@ -1,7 +1,8 @@
-"""The node's parameters: its own (topics, frames, covariance, ...) and every localizer option.
+"""The node's parameters: the service's (:class:`~ros2_s2dhm.service.ServiceConfig`), its own
+ROS-only ones (topics, QoS, frames, covariance, ...) and every localizer option.
 
-The localizer options come from the config dataclasses (:mod:`ros2_s2dhm.options`), so a new
-config field is a new parameter without touching this file. Each parameter is declared with a
+The service and localizer options come from their config dataclasses (:mod:`ros2_s2dhm.options`),
+so a new config field is a new parameter without touching this file. Each parameter is declared with a
 descriptor (type, description, range, read-only) and every value is checked when it is declared
 or set: out of range, not one of the choices, or a set of localizer options that the config
 refuses is rejected with the reason. ``config/localize.yaml`` is generated from this table::
@@ -13,7 +14,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from ros2_s2dhm.options import Option, OptionError, localizer_config, localizer_options
+from ros2_s2dhm.options import Option, OptionError, localizer_config, localizer_options, options_of
+from ros2_s2dhm.service import ServiceConfig
 
 NODE_NAME = "s2dhm_localizer"
 IMAGE_QOS = ("sensor_data", "reliable", "system_default")
@@ -24,16 +26,8 @@ def _node(name, default, help, **kw) -> Option:
     return Option(name=name, default=default, help=help, kind=kind, **kw)
 
 
-#: The node's own parameters (read_only: fixed once the node is configured).
+#: The node's ROS-only parameters (read_only: fixed once the node is configured).
 NODE_OPTIONS: tuple[Option, ...] = (
-    _node("map_dir", "", "reference map directory (built by build_map); applied by ~/reload_map "
-                         "(or configure); empty: no map"),
-    _node("weights", "default", "network weights: 'default' (the shipped weights), 'random' "
-                                "(seeded random initialisation, testing only) or a file path; "
-                                "applied by ~/reload_map"),
-    _node("device", "auto", "torch device: auto (cuda when available), cpu, cuda, cuda:1, ...; "
-                            "applied by ~/reload_map"),
-    _node("warmup", True, "run one dummy localization after loading so the first frame is not slow"),
     _node("use_compressed", False, "subscribe <image>/compressed (CompressedImage) instead of image",
           read_only=True),
     _node("image_qos", "sensor_data", "QoS of the image and camera_info subscriptions (history "
@@ -41,9 +35,6 @@ NODE_OPTIONS: tuple[Option, ...] = (
           choices=IMAGE_QOS, read_only=True),
     _node("use_camera_info", True, "intrinsics from camera_info; false: from the camera_* "
                                    "parameters", read_only=True),
-    _node("camera_info_wait_s", 1.0, "an image that arrives before the first CameraInfo waits "
-                                     "this long for it (bags write CameraInfo after the image)",
-          low=0.0, high=60.0),
     _node("use_rectified_intrinsics", False, "take intrinsics from CameraInfo.p (rectified images)"),
     _node("camera_model", "PINHOLE", "COLMAP camera model when use_camera_info is false",
           read_only=True),
@@ -54,15 +45,6 @@ NODE_OPTIONS: tuple[Option, ...] = (
     _node("camera_params", [0.0, 0.0, 0.0, 0.0], "camera_model parameters (OpenCV pixel "
                                                  "convention), e.g. PINHOLE fx fy cx cy",
           read_only=True),
-    _node("continuous", True, "localize every frame; false: only after ~/trigger_localization"),
-    _node("max_rate_hz", 0.0, "at most this many localizations per second; 0: unlimited", low=0.0),
-    _node("latency_budget_factor", 1.3, "verify no further reference once a frame has taken this "
-                                        "many times the median pipeline time of recent frames "
-                                        "(bounds the latency of a live stream; the localizer's "
-                                        "time_budget_ms, when set, takes precedence); 0: off",
-          low=0.0),
-    _node("max_image_age_s", 0.0, "skip (WARN) frames older than this when processing starts; "
-                                  "0: off", low=0.0),
     _node("map_frame", "map", "frame_id of the published pose and parent of the TF",
           read_only=True),
     _node("camera_frame", "", "camera frame name; empty: the image's header.frame_id",
@@ -82,23 +64,18 @@ NODE_OPTIONS: tuple[Option, ...] = (
                                                "gave no covariance (refinement off)", low=0.0),
     _node("missing_rotation_variance_rad2", 0.01, "rotation variance published when the "
                                                   "pipeline gave no covariance", low=0.0),
-    _node("tracking_enabled", True, "after a success, retrieve only references near the last "
-                                    "pose (a failure retries without the prior, on the same "
-                                    "features)"),
-    _node("tracking_radius_m", 25.0, "radius of the tracking prior (map units)", low=0.0),
-    _node("prior_radius_m", 50.0, "radius of the initialpose retrieval prior (map units)",
-          low=0.0),
     _node("publish_debug_image", False, "publish ~/debug/matches with the inlier matches drawn",
           read_only=True),
     _node("diagnostics_period_s", 1.0, "period of the /diagnostics heartbeat; 0: on events only",
           low=0.0, read_only=True),
 )
 
+SERVICE = {o.name: o for o in options_of(ServiceConfig)}
 LOCALIZER = localizer_options()
-#: Every node parameter: name -> Option (the node's own first, then the localizer's).
-PARAMETERS: dict[str, Option] = {o.name: o for o in NODE_OPTIONS} | LOCALIZER
-if len(PARAMETERS) != len(NODE_OPTIONS) + len(LOCALIZER):
-    raise TypeError("a node parameter has the name of a localizer option")
+#: Every node parameter: name -> Option (the service's, the node's ROS-only ones, the localizer's).
+PARAMETERS: dict[str, Option] = SERVICE | {o.name: o for o in NODE_OPTIONS} | LOCALIZER
+if len(PARAMETERS) != len(SERVICE) + len(NODE_OPTIONS) + len(LOCALIZER):
+    raise TypeError("a node parameter has the name of a service or localizer option")
 
 
 def descriptor(opt: Option):
@@ -145,6 +122,11 @@ def check_values(current: dict, changes: dict) -> dict:
 def localizer_values(values: dict) -> dict:
     """The localizer options among the node parameters ``values``."""
     return {name: values[name] for name in LOCALIZER if name in values}
+
+
+def service_config(values: dict) -> ServiceConfig:
+    """The service options among the node parameters ``values``, as a ServiceConfig."""
+    return ServiceConfig(**{name: values[name] for name in SERVICE if name in values})
 
 
 def _yaml_scalar(value) -> str:
