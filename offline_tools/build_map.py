@@ -26,7 +26,8 @@ from ros2_s2dhm.drive_map import CONVENTIONS, MATCHERS
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
-from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+from offline_tools.common import (add_config_args, add_weights_args, config_from_args,
+                                  resolve_device, resolve_weights)
 
 
 def parse_args(argv=None):
@@ -41,22 +42,7 @@ def parse_args(argv=None):
                         "its unit.txt says otherwise); distances and thresholds use it")
     p.add_argument("--out", required=True, help="map directory to write")
     add_weights_args(p)
-    p.add_argument("--image-size", type=int, default=MapBuildConfig.image_size,
-                   help="longer image side fed to the network (default %(default)s)")
-    p.add_argument("--max-keypoints", type=int, default=MapBuildConfig.max_keypoints,
-                   help="keypoints kept per reference image (default %(default)s)")
-    p.add_argument("--grid", type=int, default=MapBuildConfig.grid,
-                   help="cells per side for the spatial keypoint round-robin (default %(default)s)")
-    p.add_argument("--pca-dim", type=int, default=MapBuildConfig.pca_dim,
-                   help="global descriptor dimension after PCA (default %(default)s)")
-    p.add_argument("--pca-whiten", action=argparse.BooleanOptionalAction,
-                   default=MapBuildConfig.pca_whiten,
-                   help="PCA-whiten the global descriptors (default %(default)s)")
-    p.add_argument("--descriptor-dim", type=int, default=MapBuildConfig.descriptor_dim,
-                   help="matching-descriptor dimension: PCA of the reference hypercolumns, stored "
-                        "as int8 (default %(default)s)")
-    p.add_argument("--whiten-descriptors", action="store_true",
-                   help="whiten the matching-descriptor PCA (default: not whitened)")
+    add_config_args(p, MapBuildConfig, "map options (defaults: MapBuildConfig's)")
     g = p.add_argument_group("from a recorded drive (instead of --dataset)")
     g.add_argument("--bag", type=Path, help="rosbag2 with the drive's images")
     g.add_argument("--image-topic", default="/camera/image/compressed",
@@ -97,7 +83,7 @@ def site_from_drive(args) -> Path:
         read_tum_poses,
         triangulate_site,
     )
-    from ros2_s2dhm.evaluation.submission import read_submission  # noqa: PLC0415
+    from ros2_s2dhm.datasets.submission import read_submission  # noqa: PLC0415
 
     camera = read_camera_line(args.camera, "--camera") if args.camera else None
     if args.bag is not None:
@@ -130,16 +116,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        config = config_from_args(MapBuildConfig, args)  # a bad value fails before any work
         device = resolve_device(args.device)
         source = args.dataset if args.poses is None else site_from_drive(args)
         dataset = load_dataset(source, format=args.format)
         if args.unit is not None:
             dataset = dataclasses.replace(dataset, unit=args.unit)
         network, info = load_network(resolve_weights(args.weights), device)
-        config = MapBuildConfig(image_size=args.image_size, max_keypoints=args.max_keypoints,
-                                grid=args.grid, pca_dim=args.pca_dim, pca_whiten=args.pca_whiten,
-                                descriptor_dim=args.descriptor_dim,
-                                descriptor_whiten=args.whiten_descriptors)
         ref_map = build_reference_map(dataset, network, info.sha256, info.kind, args.out,
                                       config, device)
     except S2DHMError as e:

@@ -27,7 +27,7 @@ from ros2_s2dhm.datasets.synthetic.generate import SIZES, generate_synthetic
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation import report as rep
 from ros2_s2dhm.evaluation.recall import REPORT_THRESHOLDS, evaluate_recall
-from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
 from ros2_s2dhm.reference_map import ReferenceMap

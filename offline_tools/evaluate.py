@@ -51,7 +51,7 @@ from ros2_s2dhm.evaluation.reliability import plot_confidence_curve
 from ros2_s2dhm.evaluation.run import (evaluate_queries, failure_counts, outcome_estimates,
                                        reference_queries, select_queries, write_outcomes_csv,
                                        write_retrieval_pairs)
-from ros2_s2dhm.evaluation.submission import read_submission, write_submission
+from ros2_s2dhm.datasets.submission import read_submission, write_submission
 from ros2_s2dhm.runtime import build_localizer
 from offline_tools.common import add_localizer_args, add_weights_args, localizer_options, resolve_device
 

@@ -12,56 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+from offline_tools.common import (add_config_args, add_weights_args, config_from_args,
+                                  resolve_device, resolve_weights)
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.training.data import CorrespondencePairDataset, find_correspondence_files, parse_condition_pairs
 from ros2_s2dhm.training.trainer import TrainConfig, init_distributed, train
-
-HELP = {
-    "steps": "total optimizer steps (global iteration k = 0..steps-1)",
-    "pairs_per_step": "image pairs per step and process",
-    "image_size": "longer image side fed to the network",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "beta1": "AdamW beta1", "beta2": "AdamW beta2",
-    "lr_step": "StepLR period in steps", "lr_gamma": "StepLR factor",
-    "grad_clip": "gradient norm clip (0 = off)",
-    "num_positives": "positive correspondences drawn per pair",
-    "num_negatives": "negatives mined per pair (one per positive anchor)",
-    "margin_pos": "DMC positive margin M+", "margin_neg": "DMC negative margin M-",
-    "negative_alpha_px": "negative candidates lie farther than this from the true match (image px)",
-    "mining_initial": "mining pool M at k=0", "mining_minimum": "smallest mining pool M",
-    "mining_decay": "M = max(min, initial * exp(-decay * k / period))",
-    "mining_period": "mining decay period in steps",
-    "gn_weight": "lambda, weight of the Gauss-Newton loss",
-    "gn_e1_weight": "weight of the GN error term e1", "gn_e2_weight": "weight of the GN log-det term e2",
-    "gn_start_radius": "GN start offset bound in feature pixels of each tap",
-    "gn_damping": "damping added to the GN Hessian",
-    "taps": "hypercolumn taps used by the loss (0..4: relu3_2 pool3 relu4_2 pool4 relu5_2)",
-    "trainable_from": "freeze encoder layers before this index",
-    "checkpoint_every": "steps between training checkpoints",
-    "keep_checkpoints": "periodic checkpoints kept on disk",
-    "seed": "seed of data order, sampling, mining and random init",
-}
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training hyperparameters")
-    for item in fields(TrainConfig):
-        if item.name not in HELP:
-            continue
-        default = item.default if item.default is not MISSING else item.default_factory()
-        flag = "--" + item.name.replace("_", "-")
-        if isinstance(default, tuple):
-            group.add_argument(flag, type=int, nargs="+", default=list(default),
-                               help=f"{HELP[item.name]} (default %(default)s)")
-        else:
-            group.add_argument(flag, type=type(default), default=default,
-                               help=f"{HELP[item.name]} (default %(default)s)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,15 +38,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--half", action="store_true", help="write weights.pth in float16 (half the size)")
-    _add_config_args(parser)
+    add_config_args(parser, TrainConfig, "training hyperparameters (defaults: TrainConfig's)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    config = TrainConfig.from_dict({item.name: getattr(args, item.name) for item in fields(TrainConfig)
-                                    if hasattr(args, item.name)})
+    try:
+        config = config_from_args(TrainConfig, args)
+    except S2DHMError as error:
+        print(f"finetune: error: {error}", file=sys.stderr)
+        return 2
     resume = args.resume
     if resume == "auto":
         last = Path(args.out) / "last.pth"

@@ -68,7 +68,7 @@ def _colmap_site(args, size, conditions) -> int:
 
     from ros2_s2dhm.datasets import load_dataset  # noqa: PLC0415
     from ros2_s2dhm.datasets.colmap_layout import write_colmap_layout  # noqa: PLC0415
-    from ros2_s2dhm.evaluation.submission import read_submission  # noqa: PLC0415
+    from ros2_s2dhm.datasets.submission import read_submission  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory() as tmp:
         source = generate_synthetic(Path(tmp) / "set", seed=args.seed, size=size,

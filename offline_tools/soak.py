@@ -19,7 +19,8 @@ CameraInfo, stamped with the send time, resized to ``--size``) at ``--rate`` Hz 
   median: the bound the latency is judged against (p90 <= 1.5x, max <= 2.5x);
 * the overhead: each frame's latency minus its own pipeline time (transport, waiting in the
   slot, decoding, publishing), which is what the node's queueing adds;
-* what happened to the frames: sent, reached the node's callback (bound: 95 %), lost before
+* what happened to the frames: sent, reached the node's callback (bound: 95 % when sent slower
+  than the node localizes; faster, unread frames are replaced by design), lost before
   it (the node's estimate from stamp gaps beside the true count, sent - received), dropped in
   its slot, processed, poses (from its /diagnostics counters, read once the node is idle);
 * the node's resident memory (``/proc/PID/status`` VmRSS, Linux) every second: the last
@@ -134,9 +135,11 @@ def summarize(latencies_s, pipeline_ms, rss, counters, sent, duration_s, overhea
                     "rss_growth": float(last.max() / first.max() - 1.0)})
     received = counters.get("frames_received")
     out["reached_callback"] = received / sent if sent and received is not None else None
+    # faster than the node localizes, its depth-1 subscription replaces unread frames by design
+    out["frames_in_judged"] = bool(pipeline_s and duration_s and sent / duration_s < 1 / pipeline_s)
     out["verdict"] = {
-        "frames_in": out["reached_callback"] is not None
-        and out["reached_callback"] >= FRAMES_IN_BOUND,
+        "frames_in": out["reached_callback"] is not None and (
+            not out["frames_in_judged"] or out["reached_callback"] >= FRAMES_IN_BOUND),
         "latency_p90": (out.get("latency_p90_over_pipeline") is not None
                         and out["latency_p90_over_pipeline"] <= LATENCY_P90_BOUND),
         "latency_max": (out.get("latency_max_over_pipeline") is not None
@@ -151,8 +154,10 @@ def format_report(r: dict) -> str:
     c = r["node_counters"]
     lines = [
         f"sent {r['sent']} images in {r['duration_s']:.0f} s; reached the node's callback "
-        f"{c.get('frames_received', '?')} ({f(r.get('reached_callback'), ' %', 100)}; bound "
-        f"{FRAMES_IN_BOUND * 100:.0f} %), lost before it {c.get('frames_lost', '?')} "
+        f"{c.get('frames_received', '?')} ({f(r.get('reached_callback'), ' %', 100)}; "
+        + (f"bound {FRAMES_IN_BOUND * 100:.0f} %" if r.get("frames_in_judged") else
+           "not judged: sent faster than the node localizes, so unread frames are replaced")
+        + f"), lost before it {c.get('frames_lost', '?')} "
         f"(true: {r['sent'] - c['frames_received'] if 'frames_received' in c else '?'}), "
         f"dropped in slot {c.get('frames_dropped', '?')}, processed {c.get('frames_processed', '?')}"
         f", poses published {c.get('poses_published', '?')}; poses received {r['poses']}",

@@ -28,12 +28,13 @@ from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.evaluation.recall import RETRIEVAL_DISTANCE
 from ros2_s2dhm.evaluation.reliability import hub
-from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network, save_network
 from ros2_s2dhm.map_builder import MapBuildConfig
 from ros2_s2dhm.retrieval import fit_global_index, rank_references
 from ros2_s2dhm.training.retrieval import PlaceSet, RetrievalConfig, conv5_features, describe, train_netvlad
-from offline_tools.common import add_weights_args, resolve_device, resolve_weights
+from offline_tools.common import (add_config_args, add_weights_args, config_from_args,
+                                  resolve_device, resolve_weights)
 
 log = logging.getLogger("train_retrieval")
 TOP_K = 10
@@ -50,15 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, type=Path, help="weights file to write")
     p.add_argument("--cache", type=Path, default=None, help="folder for the conv5_3 features")
     add_weights_args(p)
-    d = RetrievalConfig()
-    for field in dataclasses.fields(RetrievalConfig):
-        if field.name == "init_from_data":
-            continue
-        p.add_argument("--" + field.name.removesuffix("_m").replace("_", "-"), dest=field.name,
-                       type=type(getattr(d, field.name)), default=getattr(d, field.name),
-                       help=f"(default %(default)s{', metres' if field.name.endswith('_m') else ''})")
-    p.add_argument("--no-data-init", action="store_true",
-                   help="keep the current centroids (default: k-means of the training conv5_3)")
+    add_config_args(p, RetrievalConfig, "training hyperparameters (defaults: RetrievalConfig's)")
     p.add_argument("--retrieval-distance", type=float, default=RETRIEVAL_DISTANCE,
                    help="a retrieved reference within this distance shows the right place "
                         "(default %(default)s)")
@@ -122,8 +115,11 @@ def format_tables(before: dict, after: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    config = RetrievalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RetrievalConfig)
-                                if f.name != "init_from_data"}, init_from_data=not args.no_data_init)
+    try:
+        config = config_from_args(RetrievalConfig, args)
+    except S2DHMError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         device = resolve_device(args.device)
         network, info = load_network(resolve_weights(args.weights), device)

@@ -30,6 +30,7 @@ from .features.pca import PCA
 from .features.preprocess import prepare_image
 from .geometry.pixels import image_to_feature, scale_pixels
 from .matching import sample_descriptors
+from .options import option
 from .point_selection import select_spread
 from .reference_map import MapWriter, ReferenceMap
 from .retrieval import HUB_NEIGHBOURS, fit_global_index
@@ -41,23 +42,21 @@ PARTS_FORMAT = 2
 
 @dataclass
 class MapBuildConfig:
-    """image_size: longer side fed to the network; max_keypoints per reference image;
-    grid: cells per side for the spatial round-robin; pca_dim: global descriptor size,
-    pca_whiten: whiten it;
-    hub_neighbours: neighbourhood of retrieval's hub term (:mod:`retrieval`);
-    descriptor_dim / descriptor_whiten: the matching space, a PCA fitted on up to
-    projection_fit_samples hypercolumns of projection_fit_images reference images."""
+    """How a map is built (``build_map``'s flags: ``--image-size``, ``--max-keypoints``, ...)."""
 
-    image_size: int = 512
-    max_keypoints: int = 4096
-    grid: int = 16
-    pca_dim: int = 1024
-    pca_whiten: bool = True  # PCA-whitening of the global descriptors (NetVLAD's, S2DHM's)
-    hub_neighbours: int = HUB_NEIGHBOURS  # CSLS: a reference's hub term over this many others
-    descriptor_dim: int = 128  # matching-space dimension (PCA of the reference hypercolumns)
-    descriptor_whiten: bool = False
-    projection_fit_images: int = 64
-    projection_fit_samples: int = 65536
+    image_size: int = option(512, "longer image side fed to the network", low=32, high=4096)
+    max_keypoints: int = option(4096, "keypoints kept per reference image", low=16)
+    grid: int = option(16, "cells per side of the spatial keypoint round-robin", low=1)
+    pca_dim: int = option(1024, "global descriptor dimension after PCA", low=1)
+    pca_whiten: bool = option(True, "PCA-whiten the global descriptors (NetVLAD's, S2DHM's)")
+    hub_neighbours: int = option(HUB_NEIGHBOURS, "retrieval's hub term: a reference's mean "
+                                                 "similarity to this many map neighbours", low=1)
+    descriptor_dim: int = option(128, "matching-space dimension: PCA of the reference "
+                                      "hypercolumns, stored as int8", low=8)
+    descriptor_whiten: bool = option(False, "whiten the matching-space PCA")
+    projection_fit_images: int = option(64, "reference images whose hypercolumns fit the "
+                                            "matching-space PCA", low=1)
+    projection_fit_samples: int = option(65536, "hypercolumns sampled to fit it", low=256)
 
 
 def _part_path(out_dir: Path, i: int) -> Path:

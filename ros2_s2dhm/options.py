@@ -1,8 +1,10 @@
-"""One declaration of every pipeline option, read from the config dataclasses.
+"""How an option is declared: :func:`option` fields of config dataclasses, read as :class:`Option`.
 
-Each field of :class:`~ros2_s2dhm.localizer.LocalizerConfig` and of its sections (``matcher``,
-``pnp``, ``refine``, ``verification``) is declared with :func:`option` (default, help text,
-bounds or choices). From that one place come
+Each field of a config dataclass (:class:`~ros2_s2dhm.localizer.LocalizerConfig` and its
+sections ``matcher``, ``pnp``, ``refine``, ``verification``; the service's
+:class:`~ros2_s2dhm.service.ServiceConfig`; the map builder's and the trainers' configs) is
+declared with :func:`option` (default, help text, bounds or choices). This module imports no
+stage: the stages import it. From those declarations come
 
 * the flat option names (``top_k``, ``pnp_threshold_px``, ``refine_loss``, ...): top-level fields
   keep their name, section fields are ``<section>_<field>`` unless the field names itself;
@@ -10,8 +12,8 @@ bounds or choices). From that one place come
 * the offline tools' flags (``--top-k``, ``--refine-loss``, ...; ``offline_tools/common.py``),
 * ``config/localize.yaml`` (generated, and checked by the tests).
 
-:func:`localizer_config` turns flat options into a validated ``LocalizerConfig``; every invalid
-value raises :class:`OptionError` naming the option.
+:mod:`ros2_s2dhm.localizer_options` turns flat options into a validated ``LocalizerConfig``;
+every invalid value raises :class:`OptionError` naming the option.
 """
 from __future__ import annotations
 
@@ -63,7 +65,10 @@ class Option:
             if not isinstance(value, (list, tuple)) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise OptionError(f"option {self.name}: expected a list of numbers, got {value!r}")
-            return [float(v) for v in value]
+            element = type(self.default[0]) if self.default else float  # int lists stay int
+            if element is int and not all(float(v).is_integer() for v in value):
+                raise OptionError(f"option {self.name}: expected a list of integers, got {value!r}")
+            return [element(v) for v in value]
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                     self.kind is int and not float(value).is_integer()):
@@ -125,7 +130,7 @@ def options_of(config_cls, prefix: str = "", path: tuple[str, ...] = ()) -> list
         if dataclasses.is_dataclass(value):
             out += options_of(type(value), f"{f.name}_", (*path, f.name))
             continue
-        kind = meta["kind"] or type(value)
+        kind = meta["kind"] or (list if isinstance(value, (list, tuple)) else type(value))
         out.append(Option(name=meta["name"] or prefix + f.name, default=value if value is not None
                           else meta["none_value"], help=meta["help"], kind=kind,
                           path=(*path, f.name), low=meta["low"], high=meta["high"],
@@ -133,53 +138,60 @@ def options_of(config_cls, prefix: str = "", path: tuple[str, ...] = ()) -> list
     return out
 
 
-def localizer_options() -> dict[str, Option]:
-    """``{flat name: Option}`` of LocalizerConfig (the node's, the tools' and the YAML's)."""
-    from .localizer import LocalizerConfig  # noqa: PLC0415 (config modules import this one)
-
-    options = options_of(LocalizerConfig)
+def option_table(config_cls) -> dict[str, Option]:
+    """``{flat name: Option}`` of a config dataclass; TypeError when two share a name."""
+    options = options_of(config_cls)
     names = [o.name for o in options]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
-        raise TypeError(f"LocalizerConfig: option names used twice: {sorted(duplicated)}")
+        raise TypeError(f"{config_cls.__name__}: option names used twice: {sorted(duplicated)}")
     return {o.name: o for o in options}
 
 
-def localizer_config(**values):
-    """A validated LocalizerConfig from flat options (None keeps the default).
+def build_config(config_cls, values: dict):
+    """A ``config_cls`` from flat option values (None keeps the default), every value checked.
 
-    Raises OptionError for an unknown name, a value out of range or an inconsistent set.
+    Raises OptionError for an unknown name, a value out of range or not a choice, or a set
+    the dataclass refuses (its ``__post_init__`` / ``validate``).
     """
-    from .localizer import LocalizerConfig  # noqa: PLC0415
-
-    known = localizer_options()
+    known = option_table(config_cls)
     nested: dict[tuple[str, ...], dict] = {}
     for name, value in values.items():
         if name not in known:
-            raise OptionError(f"unknown localizer option '{name}'; known: {sorted(known)}")
+            raise OptionError(f"unknown {config_cls.__name__} option '{name}'; known: "
+                              f"{sorted(known)}")
         if value is None:
             continue
         opt = known[name]
         value = opt.check(value)
         if opt.none_value is not None and value == opt.none_value:
             value = None
+        if isinstance(getattr(config_cls(), opt.path[0], None), tuple):
+            value = tuple(value)
         nested.setdefault(opt.path[:-1], {})[opt.path[-1]] = value
     try:
-        sections = {section[0]: dataclasses.replace(getattr(LocalizerConfig(), section[0]), **fields)
+        defaults = config_cls()
+        sections = {section[0]: dataclasses.replace(getattr(defaults, section[0]), **fields)
                     for section, fields in nested.items() if section}
-        config = LocalizerConfig(**nested.get((), {}), **sections)
-        config.refine.validate()
+        config = config_cls(**nested.get((), {}), **sections)
+        check_config(config)
     except ValueError as exc:
         raise OptionError(str(exc)) from exc
     return config
 
 
-def flat_values(config) -> dict[str, Any]:
-    """``{flat name: value}`` of a LocalizerConfig (None shown as the option's ``none_value``)."""
-    out = {}
-    for name, opt in localizer_options().items():
+def check_config(config) -> None:
+    """OptionError naming the first field of a config dataclass (sections included) outside
+    its declared bounds or choices; then the config's own ``validate()`` (cross-field rules)."""
+    for opt in options_of(type(config)):
         value = config
         for part in opt.path:
             value = getattr(value, part)
-        out[name] = opt.none_value if value is None else value
-    return out
+        if value is not None:
+            opt.check(list(value) if isinstance(value, tuple) else value)
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+            section.validate()
+    if hasattr(config, "validate"):
+        config.validate()

@@ -130,11 +130,12 @@ def ransac_pnp(points2d: np.ndarray, points3d: np.ndarray, camera: Camera,
     needed = max(4, config.min_inliers)
     if n < needed:
         return _failure(n, f"too few matches for PnP ({n} < {needed})")
-    pose, inliers = _SOLVERS[config.backend](p2d, p3d, camera, config)
+    try:
+        pose, inliers = _SOLVERS[config.backend](p2d, p3d, camera, config)
+    except ValueError as exc:  # Pose refuses a non-finite or malformed solver output
+        return _failure(n, f"{config.backend} RANSAC-PnP returned an unusable pose ({exc})")
     if pose is None:
         return _failure(n, f"{config.backend} RANSAC-PnP found no pose")
-    if not (np.all(np.isfinite(pose.R)) and np.all(np.isfinite(pose.t))):
-        return _failure(n, f"{config.backend} RANSAC-PnP returned a non-finite pose")
     if inliers.sum() < config.min_inliers:
         return PnPResult(False, None, inliers,
                          f"too few PnP inliers ({int(inliers.sum())} < {config.min_inliers})")

@@ -20,7 +20,7 @@ from .errors import CameraError
 from .feature_sampling import GRADIENTS, _bilinear_cell, feature_gradients, interpolate_bilinear
 from .geometry import Camera, Pose, pose_error
 from .geometry.lie import skew
-from .options import option
+from .options import check_config, option
 
 __all__ = [
     "RefineConfig",
@@ -31,11 +31,9 @@ __all__ = [
     "interpolate_bilinear",
     "FeatureSampler",
     "feature_gradients",
-    "REASONS",
 ]
 
 LOSSES = ("squared", "huber", "cauchy", "geman_mcclure")
-REASONS = ("converged_cost", "converged_step", "max_iterations", "lambda_max", "too_few_points")
 
 
 @dataclass
@@ -49,7 +47,7 @@ class RefineConfig:
              "pose (loss_scale is then unused)", low=0.0)
     max_iterations: int = option(50, "Levenberg-Marquardt iterations at most", low=0)
     lambda_init: float = option(1e-2, "initial Levenberg-Marquardt damping", low=1e-12)
-    lambda_factor: float = option(10.0, "damping multiplier after a rejected step", low=1.0)
+    lambda_factor: float = option(10.0, "damping multiplier after a rejected step", low=1.000001)
     lambda_min: float = option(1e-6, "smallest damping", low=1e-12)
     lambda_max: float = option(1e4, "largest damping", low=1e-12)
     gradient: str = option("central", "image gradient of the feature maps", choices=GRADIENTS)
@@ -61,18 +59,10 @@ class RefineConfig:
     min_points: int = option(6, "fewer valid points: no refinement", low=1)
 
     def validate(self) -> "RefineConfig":
-        if self.loss not in LOSSES:
-            raise ValueError(f"RefineConfig.loss must be one of {LOSSES}, got '{self.loss}'")
-        if self.gradient not in GRADIENTS:
-            raise ValueError(f"RefineConfig.gradient must be one of {GRADIENTS}, got '{self.gradient}'")
-        if not self.loss_scale > 0:
-            raise ValueError(f"RefineConfig.loss_scale must be > 0, got {self.loss_scale}")
-        if not (0 < self.lambda_min <= self.lambda_init <= self.lambda_max and self.lambda_factor > 1):
-            raise ValueError("RefineConfig needs 0 < lambda_min <= lambda_init <= lambda_max and lambda_factor > 1, "
-                             f"got {self.lambda_min}, {self.lambda_init}, {self.lambda_max}, {self.lambda_factor}")
-        if self.max_iterations < 0 or self.min_points < 1:
-            raise ValueError("RefineConfig.max_iterations must be >= 0 and min_points >= 1, "
-                             f"got {self.max_iterations}, {self.min_points}")
+        """Rules between fields (each field's bounds are its option's: options.check_config)."""
+        if not self.lambda_min <= self.lambda_init <= self.lambda_max:
+            raise ValueError("RefineConfig needs lambda_min <= lambda_init <= lambda_max, got "
+                             f"{self.lambda_min}, {self.lambda_init}, {self.lambda_max}")
         return self
 
 
@@ -161,7 +151,8 @@ class FeatureMetricPnP:
     """Levenberg-Marquardt refinement of a world-to-camera pose on a dense query feature map."""
 
     def __init__(self, config: RefineConfig | None = None):
-        self.config = (config if config is not None else RefineConfig()).validate()
+        self.config = config if config is not None else RefineConfig()
+        check_config(self.config)
 
     def refine(self, pose: Pose, points3d: torch.Tensor, ref_features: torch.Tensor,
                query_features: torch.Tensor, camera: Camera,

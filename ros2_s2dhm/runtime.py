@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .options import localizer_config
+from .localizer_options import localizer_config
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ import numpy as np
 
 from .errors import InputImageError, S2DHMError
 from .latency_budget import AdaptiveBudget
-from .options import localizer_config, option
+from .localizer_options import localizer_config
+from .options import option
 
 #: Seconds over which the receive and processing rates are measured.
 RATE_WINDOW_S = 5.0

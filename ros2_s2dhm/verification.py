@@ -111,13 +111,6 @@ class Hypothesis:
     def verified(self) -> bool:
         return self.pose is not None and self.reason is None
 
-    def summary(self) -> dict:
-        """JSON-friendly record (reports, diagnostics)."""
-        return {"reference": self.name, "rank": self.rank, "retrieval_score": round(self.retrieval_score, 4),
-                "matches": self.num_matches, "inliers": self.num_inliers,
-                "coverage": round(self.coverage, 3), "score": round(self.score, 4),
-                "reason": self.reason}
-
 
 def inlier_coverage(uv: np.ndarray, width: int, height: int, grid: int) -> float:
     """Fraction of the cells of a grid x grid partition of the image holding a point of uv [M,2]."""

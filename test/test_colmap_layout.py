@@ -15,7 +15,7 @@ from ros2_s2dhm.datasets.colmap_layout import QUERY_LIST, write_colmap_layout
 from ros2_s2dhm.datasets.query_list import read_query_list, write_query_list
 from ros2_s2dhm.errors import DatasetError
 from ros2_s2dhm.datasets.base import read_image
-from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.geometry.pose import pose_error
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map

@@ -104,6 +104,18 @@ def test_ransac_pnp_fails_with_reason_not_pose():
     assert not res.success and res.pose is None
 
 
+def test_ransac_pnp_non_finite_solver_output_is_a_failure(monkeypatch):
+    """A solver whose pose is NaN (Pose refuses it) fails with the reason, never raises."""
+    import ros2_s2dhm.pnp as pnp
+
+    def nan_solver(p2d, p3d, camera, config):
+        return Pose(np.full((3, 3), np.nan), np.zeros(3)), np.ones(len(p2d), bool)
+    monkeypatch.setitem(pnp._SOLVERS, "poselib", nan_solver)
+    cam, _, p3d, uv = _scene()
+    res = ransac_pnp(uv, p3d, cam, PnPConfig(backend="poselib"))
+    assert not res.success and res.pose is None and "unusable pose" in res.reason
+
+
 def test_retrieval_topk_and_prior_radius():
     desc = torch.nn.functional.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), dim=1)
     centers = np.array([[i * 10.0, 0, 0] for i in range(6)])

@@ -9,7 +9,7 @@ from offline_tools import benchmark, evaluate
 from ros2_s2dhm.datasets import load_dataset
 from ros2_s2dhm.datasets.synthetic import generate_synthetic
 from ros2_s2dhm.evaluation.run import select_queries
-from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.localizer import LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map

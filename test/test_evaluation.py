@@ -16,7 +16,7 @@ from ros2_s2dhm.evaluation.report import (format_recall_table, format_timing_tab
                                           summarize_timings, write_json)
 from ros2_s2dhm.evaluation.run import (evaluate_queries, outcome_conditions, outcome_estimates,
                                        reference_queries, select_queries, write_outcomes_csv)
-from ros2_s2dhm.evaluation.submission import read_submission, write_submission
+from ros2_s2dhm.datasets.submission import read_submission, write_submission
 from ros2_s2dhm.geometry.camera import Camera
 from ros2_s2dhm.geometry.pose import Pose
 from ros2_s2dhm.localizer import LocalizationResult

@@ -18,7 +18,7 @@ from ros2_s2dhm.evaluation.reliability import retrieval_accuracy
 from ros2_s2dhm.evaluation.report import (cascade_expansion, format_cascade_expansion,
                                           format_retrieval_table, score_outcomes)
 from ros2_s2dhm.evaluation.run import QueryOutcome, outcome_from_result, write_retrieval_pairs
-from ros2_s2dhm.evaluation.submission import read_submission, write_submission
+from ros2_s2dhm.datasets.submission import read_submission, write_submission
 from ros2_s2dhm.features.checkpoints import WeightsInfo
 from ros2_s2dhm.geometry.pose import Pose, pose_error
 from ros2_s2dhm.localizer import LocalizationResult, LocalizerConfig

@@ -29,7 +29,7 @@ from ros2_s2dhm.datasets.base import QueryImage, read_image  # noqa: E402
 from ros2_s2dhm.datasets.robotcar import load_robotcar_seasons  # noqa: E402
 from ros2_s2dhm.datasets.synthetic import generate_synthetic  # noqa: E402
 from ros2_s2dhm.evaluation.run import evaluate_queries  # noqa: E402
-from ros2_s2dhm.evaluation.submission import read_submission  # noqa: E402
+from ros2_s2dhm.datasets.submission import read_submission  # noqa: E402
 from ros2_s2dhm.features.checkpoints import load_network  # noqa: E402
 from ros2_s2dhm.geometry.pose import pose_error  # noqa: E402
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map  # noqa: E402

@@ -484,7 +484,7 @@ def test_record_poses_writes_submission(harness, tmp_path):
     import sys
     from pathlib import Path
 
-    from ros2_s2dhm.evaluation.submission import read_submission
+    from ros2_s2dhm.datasets.submission import read_submission
 
     h = harness()
     h.send_info()
@@ -521,7 +521,7 @@ def test_unverifiable_frames_publish_nothing_and_say_why(harness, shipped_map):
     from ros2_s2dhm.datasets.synthetic.generate import street_pose
     from ros2_s2dhm.datasets.synthetic.render import render_view
     from ros2_s2dhm.datasets.synthetic.scene import make_scene
-    from ros2_s2dhm.evaluation.submission import read_submission
+    from ros2_s2dhm.datasets.submission import read_submission
     from ros2_s2dhm.geometry.pose import pose_error
 
     map_dir, dataset = shipped_map

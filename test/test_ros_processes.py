@@ -353,17 +353,21 @@ def test_managed_node_stops_on_signal_in_every_state(tiny_map, tmp_path, domain,
     finally:
         client.close()
     time.sleep(1.0)  # idle in that state
+    _stops_cleanly(node, signum, state)
+
+
+def _stops_cleanly(node: "NodeProcess", signum, what: str) -> None:
+    """``signum`` to the node: it exits 0 within STOP_WITHIN_S, without a traceback."""
     start = time.monotonic()
     node.proc.send_signal(signum)
     try:
         code = node.proc.wait(timeout=STOP_WITHIN_S)
     except subprocess.TimeoutExpired:
         node.proc.kill()
-        pytest.fail(f"{state}: still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
+        pytest.fail(f"{what}: still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
     out = node.stop()
-    assert code == 0, out
-    assert "Traceback" not in out, out
-    print(f"{state}: stopped {time.monotonic() - start:.2f} s after {signum.name}")
+    assert code == 0 and "Traceback" not in out, out
+    print(f"{what}: stopped {time.monotonic() - start:.2f} s after {signum.name}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -373,14 +377,7 @@ def test_plain_node_without_map_stops_on_signal(tmp_path, domain, signum):
                        {"map_dir": tmp_path / "missing", "weights": "random", "device": "cpu",
                         "diagnostics_period_s": 0.0}, domain)
     assert node.wait_for_output("ready:", 60.0), node.stop()
-    node.proc.send_signal(signum)
-    try:
-        code = node.proc.wait(timeout=STOP_WITHIN_S)
-    except subprocess.TimeoutExpired:
-        node.proc.kill()
-        pytest.fail(f"still running {STOP_WITHIN_S} s after {signum.name}\n{node.stop()}")
-    out = node.stop()
-    assert code == 0 and "Traceback" not in out, out
+    _stops_cleanly(node, signum, "plain node without a map")
 
 
 FULL_SIZE = (640, 480)  # 0.9 MB rgb8: larger than Fast DDS's default segment and socket buffer

@@ -2,7 +2,7 @@
 import pytest
 
 from ros2_s2dhm.datasets import load_dataset, read_image
-from ros2_s2dhm.evaluation.submission import read_submission
+from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network
 from ros2_s2dhm.geometry import pose_error
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map

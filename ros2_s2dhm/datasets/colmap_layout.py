@@ -23,6 +23,7 @@ from ..errors import DatasetError
 from .base import Dataset, QueryImage, image_size
 from .cmu import find_colmap_model, read_colmap_references
 from .query_list import read_query_list
+from .submission import write_submission
 
 __all__ = ["load_colmap_layout", "write_colmap_layout", "is_colmap_layout", "read_unit", "QUERY_LIST",
            "UNIT_FILE"]
@@ -166,7 +167,6 @@ def write_colmap_layout(dataset: Dataset, out: str | Path, ground_truth: dict | 
     if entries:
         write_query_list(out / QUERY_LIST, entries)
     if ground_truth is not None:
-        from ..evaluation.submission import write_submission  # noqa: PLC0415
 
         write_submission(out / "ground_truth.txt",
                          {name: ground_truth[q.name] for (name, _), q in zip(entries, dataset.queries)

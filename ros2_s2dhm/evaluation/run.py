@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ros2_s2dhm.datasets.base import Dataset, QueryImage
 from ros2_s2dhm.errors import DatasetError, S2DHMError
 from ros2_s2dhm.evaluation.recall import METHODS, RecallReport
-from ros2_s2dhm.evaluation.submission import check_name
+from ros2_s2dhm.datasets.submission import check_name
 from ros2_s2dhm.geometry.pose import Pose
 
 log = logging.getLogger(__name__)

@@ -341,6 +341,19 @@ def floor_covariance(covariance: np.ndarray | None,
     return covariance + np.diag(np.maximum(floors - diagonal, 0.0))
 
 
+def published_covariance(result, frame_in_camera: Pose | None, missing_variances, floors
+                         ) -> np.ndarray:
+    """The 6x6 ROS-order covariance published with a result's pose: the Feature-PnP one (or
+    ``missing_variances`` (position, rotation) without it), widened by 1/confidence, floored at
+    ``floors`` (position m², rotation rad²)."""
+    if result.covariance is not None and np.all(np.isfinite(result.covariance)):
+        covariance = covariance_to_ros(result.pose, result.covariance, frame_in_camera)
+    else:
+        covariance = np.diag([missing_variances[0]] * 3 + [missing_variances[1]] * 3)
+    covariance = covariance / max(float(result.confidence), 1e-3)  # less sure: wider
+    return floor_covariance(covariance, *floors)
+
+
 def pose_to_ros(world_to_camera: Pose, frame_in_camera: Pose | None = None):
     """(position (3,), quaternion xyzw (4,)) of the camera (or attached frame) in the map."""
     frame_to_world = world_to_camera.inverse()

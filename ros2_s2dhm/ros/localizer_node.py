@@ -31,16 +31,13 @@ Run without ``ros2 launch``:
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
@@ -48,10 +45,9 @@ from ros2_s2dhm.drawing import draw_matches
 from ros2_s2dhm.errors import CameraError
 from ros2_s2dhm.options import OptionError
 from ros2_s2dhm.ros import conversions as conv
-from ros2_s2dhm.ros.parameters import (NODE_NAME, PARAMETERS, SERVICE, check_values, descriptor,
-                                       localizer_values, service_config)
-from ros2_s2dhm.ros.process import SIGNAL_POLL_S, init_ros
-from ros2_s2dhm.ros.transport import apply_transport, socket_buffer_warning
+from ros2_s2dhm.ros.parameters import (LOCALIZER, NODE_NAME, PARAMETERS, SERVICE, descriptor,
+                                       image_qos, localizer_values, refusal, service_config)
+from ros2_s2dhm.ros.process import run_node
 from ros2_s2dhm.runtime import build_localizer
 from ros2_s2dhm.service import Level, LocalizationService, Outcome
 
@@ -108,38 +104,18 @@ class _LocalizerAdapter:
 
     def _check_parameters(self, params) -> SetParametersResult:
         """Reject a value out of range / not a choice / refused by the localizer config."""
-        changes = {p.name: p.value for p in params if p.name in PARAMETERS}
-        try:
-            if self._declaring:
-                for name, value in changes.items():
-                    PARAMETERS[name].check(value)
-            else:
-                check_values(self._p, changes)
-        except OptionError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
+        reason = refusal(self._p, {p.name: p.value for p in params}, self._declaring)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params) -> None:
         """Accepted values take effect: service and localizer options at once."""
         changes = {p.name: PARAMETERS[p.name].check(p.value) for p in params
                    if p.name in PARAMETERS}
         self._p.update(changes)
-        if self._declaring:
-            return
-        service = {k: v for k, v in changes.items() if k in SERVICE}
-        localizer = localizer_values(changes)
-        changed = self.service.update({**service, **localizer})
-        if changed:
+        if not self._declaring and (changed := self.service.update(
+                {k: v for k, v in changes.items() if k in SERVICE or k in LOCALIZER})):
             self.get_logger().info("localizer options set: " + ", ".join(
                 f"{name}={changes[name]!r}" for name in changed))
-
-    def _image_qos(self) -> QoSProfile:
-        """The chosen profile with history depth 1: an unread frame is replaced by a newer one."""
-        profiles = {"sensor_data": qos_profile_sensor_data, "reliable": QoSProfile(depth=1),
-                    "system_default": qos_profile_system_default}
-        qos = profiles[self._p["image_qos"]]
-        return QoSProfile(history=qos.history, depth=1, reliability=qos.reliability,
-                          durability=qos.durability)
 
     def _configure_frames(self) -> None:
         """Pose of the published frame in the camera (None: the camera itself)."""
@@ -193,7 +169,7 @@ class _LocalizerAdapter:
         made += [self.create_service(Trigger, f"~/{name}", callback, callback_group=services)
                  for name, callback in (("reload_map", self._on_reload), ("reset", self._on_reset),
                                         ("trigger_localization", self._on_trigger))]
-        qos = self._image_qos()
+        qos = image_qos(self._p["image_qos"])
         inputs = MutuallyExclusiveCallbackGroup()
         if self._p["use_camera_info"]:
             if self.service.camera is None:
@@ -225,22 +201,15 @@ class _LocalizerAdapter:
 
     def _destroy_entity(self, entity) -> None:
         """Destroy through the node, which also forgets it (the executor must not wait on it)."""
-        from rclpy.publisher import Publisher  # noqa: PLC0415
-        from rclpy.service import Service  # noqa: PLC0415
-        from rclpy.subscription import Subscription  # noqa: PLC0415
-        from rclpy.timer import Timer  # noqa: PLC0415
-
-        if isinstance(entity, Timer):
-            self.destroy_timer(entity)
-        elif isinstance(entity, Subscription):
-            self.destroy_subscription(entity)
-        elif isinstance(entity, Service):
-            self.destroy_service(entity)
-        elif isinstance(entity, Publisher):
-            if hasattr(self, "destroy_lifecycle_publisher") and hasattr(entity, "on_activate"):
-                self.destroy_lifecycle_publisher(entity)
-            else:
-                self.destroy_publisher(entity)
+        if hasattr(entity, "on_activate") and hasattr(self, "destroy_lifecycle_publisher"):
+            self.destroy_lifecycle_publisher(entity)
+            return
+        kinds = {"Timer": self.destroy_timer, "Subscription": self.destroy_subscription,
+                 "Service": self.destroy_service, "Publisher": self.destroy_publisher}
+        for cls in type(entity).__mro__:
+            if cls.__name__ in kinds:
+                kinds[cls.__name__](entity)
+                return
 
     def _log_ready(self) -> None:
         s = self.service
@@ -307,16 +276,12 @@ class _LocalizerAdapter:
         self._publish_diagnostics()
 
     def _publish_pose(self, outcome: Outcome) -> None:
-        result, msg = outcome.result, outcome.frame.payload
+        result, msg, p = outcome.result, outcome.frame.payload, self._p
         pose = result.pose
-        if result.covariance is not None and np.all(np.isfinite(result.covariance)):
-            covariance = conv.covariance_to_ros(pose, result.covariance, self._frame_in_camera)
-        else:
-            covariance = np.diag([self._p["missing_position_variance_m2"]] * 3
-                                 + [self._p["missing_rotation_variance_rad2"]] * 3)
-        covariance = covariance / max(float(result.confidence), 1e-3)  # less sure: wider
-        covariance = conv.floor_covariance(covariance, self._p["min_position_variance_m2"],
-                                           self._p["min_rotation_variance_rad2"])
+        covariance = conv.published_covariance(
+            result, self._frame_in_camera,
+            (p["missing_position_variance_m2"], p["missing_rotation_variance_rad2"]),
+            (p["min_position_variance_m2"], p["min_rotation_variance_rad2"]))
         frame_id = self._p["map_frame"]
         self._pose_pub.publish(conv.to_pose_with_covariance_stamped(
             pose, covariance, msg.header.stamp, frame_id, self._frame_in_camera))
@@ -399,9 +364,7 @@ class LifecycleLocalizerNode(_LocalizerAdapter, LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.service.active = False
-        self._destroy_interfaces()
-        self.service.release()
+        self.on_shutdown(state)
         self.get_logger().info("cleaned up: pipeline and interfaces released")
         return TransitionCallbackReturn.SUCCESS
 
@@ -419,44 +382,15 @@ class LifecycleLocalizerNode(_LocalizerAdapter, LifecycleNode):
         return super().destroy_node()
 
 
-def _spin(node_class, args) -> int:
-    """Run one node until SIGINT/SIGTERM; 1 (with the reason, no traceback) on bad parameters."""
-    transport = apply_transport()  # before the middleware reads its environment
-    init_ros(args=args)
-    node = executor = None
-    code = 0
-    try:
-        node = node_class()
-        node.get_logger().info(transport.summary())
-        if transport.applied is not None and (warning := socket_buffer_warning()):
-            node.get_logger().warning(warning)
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        while rclpy.ok():  # a bounded wait: the signal handler runs between waits
-            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
-    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameter: {exc}")
-        code = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
-
-
 def main(args=None) -> None:
     """Console script ``localizer_node``."""
-    raise SystemExit(_spin(LocalizerNode, args))
+    raise SystemExit(run_node(LocalizerNode, args, NODE_NAME))
 
 
 def lifecycle_main(args=None) -> None:
     """Console script ``lifecycle_localizer_node`` (configure/activate it, e.g. with nav2's
     lifecycle manager)."""
-    raise SystemExit(_spin(LifecycleLocalizerNode, args))
+    raise SystemExit(run_node(LifecycleLocalizerNode, args, NODE_NAME))
 
 
 if __name__ == "__main__":

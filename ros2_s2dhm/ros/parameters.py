@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from ros2_s2dhm.options import Option, OptionError, localizer_config, localizer_options, options_of
+from ros2_s2dhm.localizer_options import localizer_config, localizer_options
+from ros2_s2dhm.options import Option, OptionError, options_of
 from ros2_s2dhm.service import ServiceConfig
 
 NODE_NAME = "s2dhm_localizer"
@@ -117,6 +118,33 @@ def check_values(current: dict, changes: dict) -> dict:
     if any(name in LOCALIZER for name in changes):
         localizer_config(**localizer_values(values))
     return values
+
+
+def refusal(current: dict, changes: dict, declaring: bool = False) -> str | None:
+    """Why a parameter request is refused (None: accepted); while declaring, each value is
+    checked alone (the set is checked once all are declared)."""
+    changes = {name: value for name, value in changes.items() if name in PARAMETERS}
+    try:
+        if declaring:
+            for name, value in changes.items():
+                PARAMETERS[name].check(value)
+        else:
+            check_values(current, changes)
+    except OptionError as exc:
+        return str(exc)
+    return None
+
+
+def image_qos(name: str):
+    """The image subscription's QoS: the named profile with history depth 1 (an unread frame
+    is replaced by a newer one)."""
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default  # noqa: PLC0415
+
+    profiles = {"sensor_data": qos_profile_sensor_data, "reliable": QoSProfile(depth=1),
+                "system_default": qos_profile_system_default}
+    qos = profiles[name]
+    return QoSProfile(history=qos.history, depth=1, reliability=qos.reliability,
+                      durability=qos.durability)
 
 
 def localizer_values(values: dict) -> dict:

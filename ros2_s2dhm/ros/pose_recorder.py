@@ -13,7 +13,7 @@ A pose message carries the image stamp, not the image name the evaluator needs, 
 
 The recorder converts the camera-in-map pose back to world-to-camera (optionally undoing a
 base frame) and writes ``name qw qx qy qz tx ty tz`` with
-:func:`ros2_s2dhm.evaluation.submission.write_submission` after every pose.
+:func:`ros2_s2dhm.datasets.submission.write_submission` after every pose.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ros2_s2dhm.errors import DatasetError
-from ros2_s2dhm.evaluation.submission import write_submission
+from ros2_s2dhm.datasets.submission import write_submission
 from ros2_s2dhm.geometry.pose import Pose
 from ros2_s2dhm.ros import conversions as conv
 

@@ -1,4 +1,4 @@
-"""Start-up and shutdown of the package's ROS processes (node, player, recorder, demo).
+"""Start-up and shutdown of the package's ROS processes (nodes, player, recorder, soak, demo).
 
 rclpy's own SIGINT handler shuts the context down from the signal, while executor threads may
 still be publishing: they then fail with "publisher's context is invalid" and spinning raises
@@ -15,7 +15,11 @@ from __future__ import annotations
 import signal
 
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
+
+from ros2_s2dhm.ros.transport import apply_transport, socket_buffer_warning
 
 
 #: longest wait of a spinning main thread, so SIGINT/SIGTERM are handled within it (s)
@@ -32,3 +36,34 @@ def init_ros(args=None, context=None, domain_id=None) -> None:
                signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def run_node(node_class, args=None, name: str = "node", threads: int = 3) -> int:
+    """Run one node until SIGINT/SIGTERM: the camera-frames transport set up first, a
+    multi-threaded executor spun in bounded waits, then an orderly stop. Returns the exit code:
+    0, or 1 (the reason logged, no traceback) when the node refused its parameters."""
+    transport = apply_transport()  # before the middleware reads its environment
+    init_ros(args=args)
+    node = executor = None
+    code = 0
+    try:
+        node = node_class()
+        node.get_logger().info(transport.summary())
+        if transport.applied is not None and (warning := socket_buffer_warning()):
+            node.get_logger().warning(warning)
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        while rclpy.ok():  # a bounded wait: the signal handler runs between waits
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        rclpy.logging.get_logger(name).fatal(f"invalid parameter: {exc}")
+        code = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code

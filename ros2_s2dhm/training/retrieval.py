@@ -22,25 +22,34 @@ from scipy.cluster.vq import kmeans2
 from tqdm import tqdm
 
 from ..features.preprocess import prepare_image
+from ..options import option
 
 
 @dataclass
 class RetrievalConfig:
-    """Hyperparameters of NetVLAD training (NetVLAD's margin 0.1, Adam); radii in the sets'
-    unit (metres); batch: queries per step; image_size: longer side fed to the network, the
-    localizer's (512) by default."""
+    """Hyperparameters of NetVLAD training (NetVLAD's margin 0.1, Adam); ``train_retrieval``'s
+    flags come from these declarations. Radii are in the sets' unit (metres)."""
 
-    steps: int = 3000
-    lr: float = 1e-3
-    batch: int = 4
-    margin: float = 0.1
-    positive_radius_m: float = 3.0
-    negative_radius_m: float = 10.0
-    hard_negatives: int = 10
-    mining_every: int = 100
-    image_size: int = 512
-    init_from_data: bool = True
-    seed: int = 0
+    steps: int = option(3000, "optimizer steps", low=1)
+    lr: float = option(1e-3, "Adam learning rate", low=1e-12)
+    batch: int = option(4, "queries per step", low=1)
+    margin: float = option(0.1, "triplet ranking margin", low=0.0)
+    positive_radius_m: float = option(3.0, "a reference this close to the query is a positive "
+                                           "(the sets' unit)", name="positive_radius", low=0.0)
+    negative_radius_m: float = option(10.0, "a reference farther than this is a negative",
+                                      name="negative_radius", low=0.0)
+    hard_negatives: int = option(10, "hardest negatives kept per query", low=1)
+    mining_every: int = option(100, "steps between refreshes of the hard-negative cache", low=1)
+    image_size: int = option(512, "longer image side fed to the network (the localizer's)",
+                             low=32)
+    init_from_data: bool = option(True, "initialise the centroids by k-means of the training "
+                                        "conv5_3 (off: keep the current ones)")
+    seed: int = option(0, "seed of sampling and k-means", low=0)
+
+    def validate(self) -> None:
+        if self.negative_radius_m < self.positive_radius_m:
+            raise ValueError(f"negative_radius {self.negative_radius_m} is smaller than "
+                             f"positive_radius {self.positive_radius_m}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ros2_s2dhm.errors import CheckpointError
 from ros2_s2dhm.features.backbone import HYPERCOLUMN_LAYERS, TAP_STRIDES, S2DHMNetwork
 from ros2_s2dhm.features.checkpoints import save_network
 from ros2_s2dhm.geometry.pixels import image_to_feature
+from ros2_s2dhm.options import check_config, option
 from ros2_s2dhm.training.data import PairSample
 from ros2_s2dhm.training.losses import dmc_loss, gauss_newton_loss, sample_features
 from ros2_s2dhm.training.mining import mine_negatives, mining_pool_size, sample_positive_indices
@@ -53,59 +54,50 @@ _COUNT_KEYS = ("pool_size", "num_pos", "num_neg", "num_gn")  # per step: summed 
 
 @dataclass
 class TrainConfig:
-    """Every hyperparameter of a fine-tuning run (defaults: the paper's where it gives one).
+    """Every hyperparameter of a fine-tuning run (defaults: the paper's where it gives one);
+    ``finetune``'s flags (``--steps``, ``--margin-neg``, ...) come from these declarations."""
 
-    steps: total optimizer steps (global iteration k runs 0..steps-1);
-    pairs_per_step: image pairs averaged per step (per process);
-    taps: indices of the hypercolumn taps the loss uses (0..4);
-    trainable_from: encoder layers before this index are frozen;
-    negative_alpha_px: distance constraint of negative candidates, image pixels;
-    gn_start_radius: GN start offset, uniform in [-r, r]^2 feature pixels of each tap;
-    lr_step / lr_gamma: StepLR (in steps); checkpoint_every: steps between checkpoints;
-    keep_checkpoints: periodic checkpoints kept on disk (the last one is always kept).
-    """
-
-    steps: int = 10000
-    pairs_per_step: int = 1
-    image_size: int = 512
-    lr: float = 1e-7
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr_step: int = 10000
-    lr_gamma: float = 0.5
-    grad_clip: float = 0.0
-    num_positives: int = 1024
-    num_negatives: int = 1024
-    margin_pos: float = 0.1
-    margin_neg: float = 1.0
-    negative_alpha_px: float = 16.0
-    mining_initial: float = 300.0
-    mining_minimum: int = 5
-    mining_decay: float = 0.6
-    mining_period: float = 10000.0
-    gn_weight: float = 0.5
-    gn_e1_weight: float = 1.0
-    gn_e2_weight: float = 2.0 / 7.0
-    gn_start_radius: float = 1.0
-    gn_damping: float = 1e-6
-    taps: tuple[int, ...] = (0, 1, 2, 3, 4)
-    trainable_from: int = 0
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+    steps: int = option(10000, "total optimizer steps (global iteration k = 0..steps-1)", low=1)
+    pairs_per_step: int = option(1, "image pairs per step and process", low=1)
+    image_size: int = option(512, "longer image side fed to the network", low=32)
+    lr: float = option(1e-7, "AdamW learning rate", low=1e-15)
+    weight_decay: float = option(0.05, "AdamW weight decay", low=0.0)
+    beta1: float = option(0.9, "AdamW beta1", low=0.0, high=1.0)
+    beta2: float = option(0.999, "AdamW beta2", low=0.0, high=1.0)
+    lr_step: int = option(10000, "StepLR period in steps", low=1)
+    lr_gamma: float = option(0.5, "StepLR factor", low=0.0)
+    grad_clip: float = option(0.0, "gradient norm clip (0: off)", low=0.0)
+    num_positives: int = option(1024, "positive correspondences drawn per pair", low=1)
+    num_negatives: int = option(1024, "negatives mined per pair (one per positive anchor)", low=0)
+    margin_pos: float = option(0.1, "DMC positive margin M+", low=0.0)
+    margin_neg: float = option(1.0, "DMC negative margin M-", low=0.0)
+    negative_alpha_px: float = option(16.0, "negative candidates lie farther than this from the "
+                                            "true match (image pixels)", low=0.0)
+    mining_initial: float = option(300.0, "mining pool M at k=0", low=1.0)
+    mining_minimum: int = option(5, "smallest mining pool M", low=1)
+    mining_decay: float = option(0.6, "M = max(min, initial * exp(-decay * k / period))",
+                                 low=0.0)
+    mining_period: float = option(10000.0, "mining decay period in steps", low=1.0)
+    gn_weight: float = option(0.5, "lambda, weight of the Gauss-Newton loss", low=0.0)
+    gn_e1_weight: float = option(1.0, "weight of the GN error term e1", low=0.0)
+    gn_e2_weight: float = option(2.0 / 7.0, "weight of the GN log-det term e2", low=0.0)
+    gn_start_radius: float = option(1.0, "GN start offset, uniform in [-r, r]^2 feature pixels "
+                                         "of each tap", low=0.0)
+    gn_damping: float = option(1e-6, "damping added to the GN Hessian", low=0.0)
+    taps: tuple[int, ...] = option((0, 1, 2, 3, 4), "hypercolumn taps the loss uses (0..4: "
+                                                    "relu3_2 pool3 relu4_2 pool4 relu5_2)")
+    trainable_from: int = option(0, "encoder layers before this index are frozen", low=0)
+    checkpoint_every: int = option(1000, "steps between training checkpoints", low=1)
+    keep_checkpoints: int = option(2, "periodic checkpoints kept on disk (the last is always "
+                                      "kept)", low=1)
+    seed: int = option(0, "seed of data order, sampling, mining and random init", low=0)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field out of range."""
-        if not self.taps or len(set(self.taps)) != len(self.taps) or not all(0 <= t < len(TAP_STRIDES)
-                                                                             for t in self.taps):
-            raise ValueError(f"taps={self.taps}: expected distinct indices in 0..{len(TAP_STRIDES) - 1}")
-        for name in ("steps", "pairs_per_step", "image_size", "num_positives", "checkpoint_every", "lr_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
-        if self.num_negatives < 0 or self.mining_minimum < 1 or self.lr <= 0:
-            raise ValueError("num_negatives >= 0, mining_minimum >= 1 and lr > 0 are required")
+        """Rules beyond each field's bounds (those are its option's: options.check_config)."""
+        if not self.taps or len(set(self.taps)) != len(self.taps) or not all(
+                0 <= t < len(TAP_STRIDES) for t in self.taps):
+            raise ValueError(f"taps={self.taps}: expected distinct indices in "
+                             f"0..{len(TAP_STRIDES) - 1}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -339,7 +331,7 @@ def train(network: S2DHMNetwork, dataset, config: TrainConfig, out_dir: str | Pa
     half_weights: store ``weights.pth`` in float16 (training checkpoints stay float32).
     Only rank 0 writes files.
     """
-    config.validate()
+    check_config(config)
     ctx = ctx or DistributedContext(device=next(network.parameters()).device)
     out_dir = Path(out_dir)
     if len(dataset) == 0:
