@@ -23,6 +23,11 @@ cores. The GPU target setting is e.g.
 Random weights usually give no matches, so the pnp and refine stages are then missing
 from the medians (the tool warns); time those with trained weights.
 
+It times a yardstick in the same run: fp32 eager torchvision VGG-16 ``features[:29]`` on one
+512x384 input (median of 5 after 2 warm-ups), and prints the CPU query's median and p90 over it.
+Contention mode (``--busy N``): the CPU queries are timed again beside N processes that spin
+on the CPU, and every stage is reported idle, contended, and their ratio.
+
 Scale mode (``--scale-references 7000``): the map is replicated on disk to N images
 (``reference_map.replicate_map``, in ``--work-dir``), then for each N the tool measures the
 time to open it (map + localizer, the node's start-up), the resident memory after opening
@@ -77,8 +82,73 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output file")
     p.add_argument("--scale-references", type=int, nargs="+", default=[], metavar="N",
                    help="also time maps replicated to N reference images (open time, RSS, queries)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="contention mode: time the CPU queries again beside N busy processes "
+                        "(one per core: the CPU shared with drivers, planners, SLAM) and report "
+                        "every stage idle and contended")
+    p.add_argument("--no-yardstick", action="store_true",
+                   help="skip the yardstick (torchvision VGG-16 features[:29], fp32, 512x384)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def yardstick_ms(repeats: int = 5, warmup: int = 2) -> float:
+    """Median ms of fp32 eager torchvision VGG-16 ``features[:29]`` (through conv5_3's ReLU) on
+    one 512x384 input on the CPU: what a query is judged against, timed in the same run on the
+    same machine."""
+    import time  # noqa: PLC0415
+
+    from torchvision.models import vgg16  # noqa: PLC0415
+
+    net = vgg16(weights=None).features[:29].eval()
+    x = torch.rand(1, 3, 384, 512)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            net(x)
+            if i >= warmup:
+                times.append(1e3 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def _spin_forever() -> None:  # pragma: no cover - runs in the busy processes
+    while True:
+        pass
+
+
+class BusyProcesses:
+    """``n`` processes spinning on the CPU for the time of a ``with`` block."""
+
+    def __init__(self, n: int):
+        import multiprocessing  # noqa: PLC0415
+
+        self._ctx = multiprocessing.get_context("spawn")
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [self._ctx.Process(target=_spin_forever, daemon=True) for _ in range(self.n)]
+        for proc in self.procs:
+            proc.start()
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.terminate()
+            proc.join(timeout=10)
+
+
+def format_contention(idle: dict, busy: dict, n: int) -> str:
+    """Every stage's median idle, beside N busy processes, and their ratio."""
+    lines = [f"{'stage [ms]':<12} | {'idle':>8} | {f'{n} busy':>8} | ratio",
+             "-" * 42]
+    for stage, s in idle.items():
+        b = busy.get(stage)
+        if b is None:
+            continue
+        lines.append(f"{stage:<12} | {s['median']:>8.1f} | {b['median']:>8.1f} | "
+                     f"{b['median'] / s['median']:.2f}x")
+    return "\n".join(lines)
 
 
 def rss_mb() -> float:
@@ -227,6 +297,10 @@ def run(args: argparse.Namespace) -> dict:
         warm, timed = pick_queries(dataset.queries, args.queries, args.warmup)
         images = {q.path: read_image(q.path) for q in warm + timed}
         results = {d: benchmark_device(args, d, map_dir, warm, timed, images) for d in devices}
+        contended = None
+        if args.busy and "cpu" in devices:
+            with BusyProcesses(args.busy):
+                contended = benchmark_device(args, "cpu", map_dir, warm, timed, images)
         scale = (benchmark_scale(args, devices[0], map_dir, work_dir, warm, timed, images)
                  if args.scale_references else [])
     content = {
@@ -237,9 +311,23 @@ def run(args: argparse.Namespace) -> dict:
     }
     if scale:
         content["scale"] = {"device": devices[0], "maps": scale}
+    if contended is not None:
+        content["contended"] = {"busy_processes": args.busy, "cpu": contended}
+    yardstick = None if args.no_yardstick else yardstick_ms()
+    content["yardstick_ms"] = yardstick
+    content["threads"] = torch.get_num_threads()
     rep.write_json(args.out, content)
     print()
     print(rep.format_timing_table({d: r["stages"] for d, r in results.items()}))
+    if yardstick is not None:
+        total = results.get("cpu", {}).get("stages", {}).get("total")
+        ratio = (f"; the CPU query: median {total['median'] / yardstick:.2f}x, p90 "
+                 f"{total['p90'] / yardstick:.2f}x" if total else "")
+        print(f"yardstick (fp32 VGG-16 features[:29], 512x384, CPU, {torch.get_num_threads()} "
+              f"threads): {yardstick:.0f} ms{ratio}")
+    if contended is not None:
+        print(f"\ncpu beside {args.busy} busy process(es):\n"
+              + format_contention(results["cpu"]["stages"], contended["stages"], args.busy))
     for d, r in results.items():
         hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
         print(f"{d}: {r['name']}; image size {r['image_size']}, top-{content['top_k']}, "

@@ -1,4 +1,5 @@
-"""Sampling of dense feature maps: the one bilinear interpolation and the image gradients.
+"""Sampling of dense feature maps: the one bilinear interpolation, the image gradients, and
+:class:`FeatureSampler` (both at once at sub-pixel points, for Feature-metric PnP).
 
 Feature maps are ``[C, H, W]`` with cell centres at integer positions (OpenCV convention at the
 map's stride, see :mod:`geometry.pixels`). Used by matching (reference descriptors at keypoints),
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-__all__ = ["GRADIENTS", "feature_gradients", "interpolate_bilinear"]
+__all__ = ["GRADIENTS", "FeatureSampler", "feature_gradients", "interpolate_bilinear"]
 
 GRADIENTS = ("central", "sobel")
 
@@ -62,3 +63,44 @@ def interpolate_bilinear(fmap: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Te
     top = gather(y0, x0) * (1 - wx) + gather(y0, x1) * wx
     bottom = gather(y1, x0) * (1 - wx) + gather(y1, x1) * wx
     return top * (1 - wy) + bottom * wy, valid
+
+
+class FeatureSampler:
+    """Samples features and their image gradients at sub-pixel points of one feature map ``[C, H, W]``.
+
+    Equivalent to :func:`interpolate_bilinear` on the map and on :func:`feature_gradients` of the map,
+    but gradients are only computed on the 4x4 pixel neighbourhood of each point (no dense gradient
+    maps) from a channels-last copy of the map, so a call costs O(N C) with contiguous gathers.
+    """
+
+    def __init__(self, fmap: torch.Tensor, gradient: str = "central"):
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient method '{gradient}', expected one of {GRADIENTS}")
+        self.C, self.H, self.W = fmap.shape
+        self.gradient = gradient
+        self.table = fmap.permute(1, 2, 0).reshape(self.H * self.W, self.C).contiguous()  # [H*W, C]
+
+    def __call__(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pixels ``uv [N, 2]`` -> ``(values [N, C], gradients [N, C, 2] (d/du, d/dv), valid [N])``."""
+        H, W = self.H, self.W
+        x0, y0, wx, wy, valid = _bilinear_cell(uv, H, W)
+        offsets = torch.arange(-1, 3, device=uv.device)
+        xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 4]
+        ys = (y0[:, None] + offsets).clamp(0, H - 1)
+        P = self.table[ys[:, :, None] * W + xs[:, None, :]]  # [N, 4 (y), 4 (x), C]
+        values = P[:, 1:3, 1:3]  # the 2x2 cell corners
+        if self.gradient == "central":  # (F[x+1] - F[x-1]) / 2, one-sided at the border
+            dx = (xs[:, 2:] - xs[:, :2]).clamp_min(1).to(P.dtype)
+            dy = (ys[:, 2:] - ys[:, :2]).clamp_min(1).to(P.dtype)
+            gu = (P[:, 1:3, 2:] - P[:, 1:3, :2]) / dx[:, None, :, None]
+            gv = (P[:, 2:, 1:3] - P[:, :2, 1:3]) / dy[:, :, None, None]
+        else:  # Sobel / 8 with replicated borders (clamped indices)
+            diff_x = P[:, :, 2:] - P[:, :, :2]  # [N, 4, 2, C]
+            diff_y = P[:, 2:] - P[:, :2]  # [N, 2, 4, C]
+            gu = (diff_x[:, :2] + 2 * diff_x[:, 1:3] + diff_x[:, 2:]) / 8
+            gv = (diff_y[:, :, :2] + 2 * diff_y[:, :, 1:3] + diff_y[:, :, 2:]) / 8
+        wx, wy = wx.to(P.dtype), wy.to(P.dtype)
+        weights = torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], -1).view(-1, 2, 2)
+        corners = torch.stack([values, gu, gv], dim=-1)  # [N, 2, 2, C, 3]
+        out = torch.einsum("nab,nabck->nck", weights, corners)
+        return out[..., 0], out[..., 1:], valid

@@ -98,8 +98,14 @@ def test_benchmark_on_given_map(synthetic_map, tmp_path):
     out = tmp_path / "bench.json"
     content = benchmark.run(benchmark.parse_args(
         ["--dataset", str(data), "--map", str(map_dir), "--devices", devices, "--weights", "random",
-         "--queries", "2", "--warmup", "1", "--top-k", "2", "--out", str(out), "--quiet"]))
+         "--queries", "2", "--warmup", "1", "--top-k", "2", "--out", str(out), "--quiet",
+         "--busy", "1"]))
     saved = json.loads(out.read_text())
+    assert saved["yardstick_ms"] > 0 and saved["threads"] >= 1
+    busy = saved["contended"]  # the CPU queries again beside one spinning process
+    assert busy["busy_processes"] == 1 and busy["cpu"]["stages"]["total"]["count"] == 2
+    table = benchmark.format_contention(saved["devices"]["cpu"]["stages"], busy["cpu"]["stages"], 1)
+    assert "backbone" in table and "x" in table.splitlines()[2]
     assert saved["devices"].keys() == content["devices"].keys()
     cpu = saved["devices"]["cpu"]
     assert cpu["queries"] == 2 and cpu["image_size"] == IMAGE_SIZE
@@ -142,7 +148,7 @@ def test_benchmark_scale_mode_replicates_the_map(synthetic_map, tmp_path):
     benchmark.run(benchmark.parse_args(
         ["--dataset", str(data), "--map", str(map_dir), "--devices", "cpu", "--weights", "random",
          "--queries", "1", "--warmup", "0", "--top-k", "2", "--scale-references", "20",
-         "--work-dir", str(tmp_path / "work"), "--out", str(out), "--quiet"]))
+         "--work-dir", str(tmp_path / "work"), "--out", str(out), "--quiet", "--no-yardstick"]))
     scale = json.loads(out.read_text())["scale"]
     (row,) = scale["maps"]
     assert row["references"] == 20 and row["queries"] == 1

@@ -239,3 +239,29 @@ def test_retrieval_ranks_by_the_maps_hub_term_and_computes_it_for_older_maps(tin
     recomputed = Localizer(net, older, _config()).index.penalty.numpy()
     k = ref_map.config["hub_neighbours"]
     assert np.allclose(recomputed, neighbour_similarity(ref_map.global_descriptors, k), atol=1e-6)
+
+
+def test_small_op_stages_run_on_small_op_threads(tiny_map_dir, random_network, scene,
+                                                           monkeypatch):
+    """On the CPU verification and refinement run on ``small_op_threads`` torch threads (their
+    small ops lose to thread synchronisation, most on a shared CPU) and torch's setting is
+    restored after; 0 leaves torch's setting alone."""
+    from ros2_s2dhm.localizer import cpu_threads
+
+    net, info = random_network
+    world, camera = scene
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    image = np.full((camera.height, camera.width, 3), 30, np.uint8)
+    before = torch.get_num_threads()
+    seen = []
+    for n in (1, 0):
+        localizer = Localizer(net, ref_map, LocalizerConfig(top_k=2, small_op_threads=n))
+        original = localizer.verify
+        monkeypatch.setattr(localizer, "verify", lambda qf, hyps, original=original: (
+            seen.append(torch.get_num_threads()), original(qf, hyps))[1])
+        localizer.localize(image, camera)
+        assert torch.get_num_threads() == before
+    assert seen[0] == 1 and seen[-1] == before
+    with cpu_threads(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

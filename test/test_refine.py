@@ -7,15 +7,13 @@ import pytest
 import torch
 
 from ros2_s2dhm.errors import CameraError
+from ros2_s2dhm.feature_sampling import FeatureSampler, feature_gradients, interpolate_bilinear
 from ros2_s2dhm.geometry import Camera, Pose, pose_error
 from ros2_s2dhm.geometry.rotation import euler_rpy_to_matrix, rotvec_to_matrix
 from ros2_s2dhm.refine import (
     LOSSES,
     FeatureMetricPnP,
-    FeatureSampler,
     RefineConfig,
-    feature_gradients,
-    interpolate_bilinear,
     robust_loss,
 )
 

@@ -37,8 +37,10 @@ def shifted(truth: Pose, dt: float, dr_deg: float) -> Pose:
 
 
 def outcome(name, condition, retrieved, pose=None, confidence=0.9) -> QueryOutcome:
-    return QueryOutcome(name, condition, pose is not None, None if pose else "failed", pose, pose,
-                        confidence=confidence, candidate_pose=pose, retrieved_names=list(retrieved))
+    return QueryOutcome(name, condition, LocalizationResult(
+        success=pose is not None, failure_reason=None if pose else "failed", pose=pose,
+        pose_rpnp=pose, confidence=confidence, candidate_pose=pose,
+        retrieved_names=list(retrieved)))
 
 
 # ----------------------------------------------------------------------------- pairs file
@@ -292,8 +294,8 @@ def test_evaluate_writes_pairs_and_follows_the_flags_in_an_sfm_map(sfm_site, mon
 
 def test_cascade_expansion_counts_queries_past_the_first_batch_and_past_top_k():
     verified = [1, 2, 3, 12, 0]  # references matched per query; 0: refused before retrieval
-    outcomes = [QueryOutcome(f"q{i}", "c", False, "x", None, None,
-                             reference_names=[f"r{j}" for j in range(n)])
+    outcomes = [QueryOutcome(f"q{i}", "c", LocalizationResult(
+                    success=False, failure_reason="x", reference_names=[f"r{j}" for j in range(n)]))
                 for i, n in enumerate(verified)]
     cascade = cascade_expansion(outcomes, cascade_batch=2, top_k=10)
     assert cascade == {"queries": 5, "cascade_batch": 2, "top_k": 10, "verified_median": 2.0,

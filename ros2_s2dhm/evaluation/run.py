@@ -15,61 +15,67 @@ import csv
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ros2_s2dhm.datasets.base import Dataset, QueryImage
+from ros2_s2dhm.datasets.submission import check_name
 from ros2_s2dhm.errors import DatasetError, S2DHMError
 from ros2_s2dhm.evaluation.recall import METHODS, RecallReport
-from ros2_s2dhm.datasets.submission import check_name
 from ros2_s2dhm.geometry.pose import Pose
+from ros2_s2dhm.localizer import LocalizationResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class QueryOutcome:
-    """What happened to one query (poses are world-to-camera)."""
+    """One query's :class:`~ros2_s2dhm.localizer.LocalizationResult` under its name and
+    condition (poses world-to-camera). A query whose input the localizer refused
+    (S2DHMError) has a failed result naming the error. Every other field of the result
+    (``num_inliers``, ``timings_ms``, ``retrieved_names``, ...) reads through."""
 
     name: str
     condition: str
-    success: bool
-    failure_reason: str | None
-    pose_rpnp: Pose | None
-    pose_fpnp: Pose | None
-    num_matches: int = 0
-    num_inliers: int = 0
-    refine_reason: str | None = None
-    reference_names: list[str] = field(default_factory=list)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    confidence: float = 0.0
-    candidate_pose: Pose | None = None  # best pose found, even below min_confidence
-    retrieved_names: list[str] = field(default_factory=list)
-    supporting_references: list[str] = field(default_factory=list)
+    result: LocalizationResult
+
+    def __getattr__(self, name):
+        if name == "result":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    @property
+    def success(self) -> bool:
+        return bool(self.result.success) and self.result.pose is not None
+
+    @property
+    def failure_reason(self) -> str | None:
+        return None if self.success else (self.result.failure_reason or "failed without a reason")
+
+    @property
+    def candidate_pose(self) -> Pose | None:
+        """The best pose found, also below min_confidence (for the confidence's reports)."""
+        return self.result.candidate_pose or (self.result.pose if self.success else None)
 
     def pose(self, method: str) -> Pose | None:
-        """The estimate of ``method`` (``"rpnp"`` or ``"fpnp"``), ``None`` on failure."""
-        return {"rpnp": self.pose_rpnp, "fpnp": self.pose_fpnp}[method]
+        """``"fpnp"``: the pose the pipeline returned (Feature-PnP's, or the verified RANSAC
+        pose when refinement was discarded); ``"rpnp"``: the verified RANSAC-PnP pose; None on
+        failure."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if not self.success:
+            return None
+        if method == "rpnp" and self.result.pose_rpnp is not None:
+            return self.result.pose_rpnp
+        return self.result.pose
 
 
-def outcome_from_result(query: QueryImage, result) -> QueryOutcome:
-    """Turn a :class:`~ros2_s2dhm.localizer.LocalizationResult` into a :class:`QueryOutcome`."""
-    ok = bool(result.success) and result.pose is not None
-    return QueryOutcome(
-        name=query.name, condition=query.condition, success=ok,
-        failure_reason=None if ok else (result.failure_reason or "failed without a reason"),
-        pose_rpnp=(result.pose_rpnp if result.pose_rpnp is not None else result.pose) if ok else None,
-        pose_fpnp=result.pose if ok else None,
-        num_matches=int(result.num_matches), num_inliers=int(result.num_inliers),
-        refine_reason=result.refine_reason, reference_names=list(result.reference_names),
-        timings_ms={k: float(v) for k, v in result.timings_ms.items()},
-        confidence=float(result.confidence),
-        candidate_pose=result.candidate_pose or (result.pose if ok else None),
-        retrieved_names=list(result.retrieved_names),
-        supporting_references=list(result.supporting_references))
+def outcome_from_result(query: QueryImage, result: LocalizationResult) -> QueryOutcome:
+    """A :class:`~ros2_s2dhm.localizer.LocalizationResult` of ``query`` as its outcome."""
+    return QueryOutcome(query.name, query.condition, result)
 
 
 def evaluate_queries(localizer, queries: Sequence[QueryImage],
@@ -94,8 +100,8 @@ def evaluate_queries(localizer, queries: Sequence[QueryImage],
             result = localizer.localize(read_image(query.path), query.camera, **kwargs)
         except S2DHMError as err:
             log.warning("query %s failed: %s", query.name, err)
-            outcome = QueryOutcome(query.name, query.condition, False,
-                                   f"{type(err).__name__}: {err}", None, None)  # no timings
+            outcome = QueryOutcome(query.name, query.condition, LocalizationResult(
+                success=False, failure_reason=f"{type(err).__name__}: {err}"))  # no timings
         else:
             outcome = outcome_from_result(query, result)
         failures += not outcome.success
