@@ -274,7 +274,8 @@ def main(argv=None) -> int:
             frame = values.get("frames_processed")
             with lock:
                 counters.update({k: int(v) for k, v in values.items()
-                                 if k.startswith(("frames_", "poses_", "localization_"))})
+                                 if k.startswith(("frames_", "poses_", "localization_"))
+                                 and v.isdigit()})  # frames_lost may be "unknown (...)"
                 if "latency_decode_ms" in values and frame != counters.get("_last_timed"):
                     decode_ms.append(float(values["latency_decode_ms"]))
                 total = values.get("latency_total_ms")

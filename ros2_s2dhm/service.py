@@ -39,6 +39,10 @@ from .options import option
 RATE_WINDOW_S = 5.0
 #: A repeated problem message is reported for logging at most once per this many seconds.
 LOG_REPEAT_S = 5.0
+#: A stamp gap farther than this (in periods) from a whole number of periods is off the grid;
+#: with more than IRREGULAR_SHARE of the recent gaps off it, frames_lost is not estimated.
+OFF_GRID = 0.25
+IRREGULAR_SHARE = 0.2
 
 
 @dataclass
@@ -140,8 +144,9 @@ class Rates:
 
     Lost frames are counted from header stamps: the nominal period is the smallest positive
     stamp difference among the last 50, and a gap of ``n`` periods means ``n - 1`` frames never
-    arrived. This assumes a camera that stamps frames at a fixed rate; stamps with jitter
-    (software stamping on a busy machine) are overcounted.
+    arrived. That holds for a camera that stamps frames at a fixed rate; when more than a fifth
+    of the recent gaps are not near a whole number of periods (software stamping on a busy
+    machine, a variable rate) the count cannot be trusted and :attr:`stamps_regular` says so.
     """
 
     def __init__(self, window_s: float = RATE_WINDOW_S):
@@ -149,6 +154,7 @@ class Rates:
         self.received = collections.deque()
         self.processed = collections.deque()
         self.periods = collections.deque(maxlen=50)
+        self.off_grid = collections.deque(maxlen=50)  # gap not near n periods
         self.last_stamp_ns: int | None = None
 
     def on_receive(self, now: float, stamp_ns: int) -> int:
@@ -158,11 +164,17 @@ class Rates:
         if self.last_stamp_ns is not None and stamp_ns > self.last_stamp_ns:
             gap = stamp_ns - self.last_stamp_ns
             self.periods.append(gap)
-            period = min(self.periods)
-            lost = max(0, int(round(gap / period)) - 1)
+            periods = gap / min(self.periods)
+            self.off_grid.append(abs(periods - round(periods)) > OFF_GRID)
+            lost = max(0, int(round(periods)) - 1)
         if self.last_stamp_ns is None or stamp_ns > self.last_stamp_ns:
             self.last_stamp_ns = stamp_ns
         return lost
+
+    @property
+    def stamps_regular(self) -> bool:
+        """Whether the recent stamps follow a fixed rate (the lost count is meaningful)."""
+        return not self.off_grid or sum(self.off_grid) <= IRREGULAR_SHARE * len(self.off_grid)
 
     def on_processed(self, now: float) -> None:
         self.processed.append(now)
@@ -528,6 +540,9 @@ class LocalizationService:
             summary = {k: str(v) for k, v in dataclasses.asdict(self.counters).items()}
             receive_hz, processed_hz = self._rates.hz(now)
             last_pose = self._last_pose_time
+            if not self._rates.stamps_regular:  # say so rather than guess
+                summary["frames_lost"] = (f"unknown (header stamps are not at a fixed rate; "
+                                          f"{self.counters.frames_lost} by stamp gaps)")
         summary.update({
             "receive_rate_hz": f"{receive_hz:.2f}", "processed_rate_hz": f"{processed_hz:.2f}",
             "last_pose_age_s": "never" if last_pose is None else f"{now - last_pose:.2f}",

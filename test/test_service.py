@@ -208,3 +208,15 @@ def test_refused_options_are_named():
 
     with pytest.raises(OptionError, match="top_k"):
         LocalizationService(ServiceConfig(), {"top_k": 0}, lambda *a: None)
+
+
+def test_lost_frames_are_estimated_only_from_regular_stamps():
+    service, _ = make()
+    for stamp in (1_000, 2_000, 3_000, 6_000, 7_000):  # 4000 and 5000 never arrived
+        service.offer(image(), stamp)
+    assert service.counters.frames_lost == 2
+    assert service.diagnostics()[2]["frames_lost"] == "2"
+    jittery, _ = make()
+    for stamp in (1_000, 2_400, 3_100, 4_700, 5_300, 6_900, 7_500):  # software stamps
+        jittery.offer(image(), stamp)
+    assert jittery.diagnostics()[2]["frames_lost"].startswith("unknown (header stamps")
