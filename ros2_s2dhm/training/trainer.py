@@ -341,97 +341,42 @@ def train(network: S2DHMNetwork, dataset, config: TrainConfig, out_dir: str | Pa
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(config.beta1, config.beta2))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, config.lr_step), gamma=config.lr_gamma)
-    start_step = 0
-    if resume is not None:
-        state = _load_training_checkpoint(Path(resume))
-        try:
-            network.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{resume}: field 'model' does not fit the network ({exc})") from exc
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start_step = int(state["step"])
-        differing = {k: (v, getattr(config, k, None)) for k, v in state["config"].items()
-                     if k != "steps" and getattr(config, k, None) != (tuple(v) if isinstance(v, list) else v)}
-        if differing:
-            logger.warning("Resuming %s with a different configuration: %s", resume, differing)
-        logger.info("Resuming from %s at step %d", resume, start_step)
+    start_step = 0 if resume is None else _resume(Path(resume), network, optimizer, scheduler,
+                                                  config)
     model: nn.Module = _SiameseTaps(network)
     if ctx.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     log_path = out_dir / "losses.csv"
-    rows = _read_log(log_path, start_step) if ctx.is_main else []
-    writer = None
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w", newline="") as handle:
-            csv.DictWriter(handle, LOG_COLUMNS).writeheader()
-            csv.DictWriter(handle, LOG_COLUMNS).writerows(rows)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
-            except ImportError:
-                logger.warning("TensorBoard is not installed; losses go to %s only", log_path)
-
+    log = _LossLog(log_path, start_step, tensorboard) if ctx.is_main else None
     history: list[dict] = []
     last_checkpoint = out_dir / "last.pth" if resume is None else Path(resume)
     bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and ctx.is_main),
                desc="fine-tune", unit="step")
     epoch = 0
     for step in range(start_step, config.steps):
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for pair in range(config.pairs_per_step):
-            epoch, index = _sample_index(step, pair, config, ctx, len(dataset))
-            sample: PairSample = dataset[index]
-            generator = _step_generator(config.seed, step, ctx.rank, pair)
-            image_i = sample.image_i[None].to(ctx.device)
-            image_j = sample.image_j[None].to(ctx.device)
-            sync_now = pair == config.pairs_per_step - 1 or ctx.world_size == 1
-            with (model.no_sync() if not sync_now else contextlib.nullcontext()):
-                taps_i, taps_j = model(image_i, image_j)
-                loss, stats = pair_loss(taps_i, taps_j, sample.pt_i.to(ctx.device), sample.pt_j.to(ctx.device),
-                                        config, step, generator)
-                (loss / config.pairs_per_step).backward()
-            stats["loss"] = float(loss.detach())
-            for key, value in stats.items():
-                if key == "pool_size":
-                    sums[key] = value
-                elif key in _COUNT_KEYS:
-                    sums[key] = sums.get(key, 0) + value
-                else:
-                    sums[key] = sums.get(key, 0.0) + value / config.pairs_per_step
+        epoch, sums = _train_step(model, dataset, config, ctx, step)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         if ctx.world_size > 1:
-            keys = sorted(sums)
-            packed = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=ctx.device)
-            dist.all_reduce(packed)
-            sums = {k: float(v) / ctx.world_size for k, v in zip(keys, packed.tolist())}
-            sums.update({k: int(round(sums[k])) for k in _COUNT_KEYS})
+            sums = _average_over_processes(sums, ctx)
         row = {"step": step + 1, "epoch": epoch, "lr": lr, **{k: sums[k] for k in LOG_COLUMNS[3:]}}
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", M=row["pool_size"])
-        if ctx.is_main:
-            with open(log_path, "a", newline="") as handle:
-                csv.DictWriter(handle, LOG_COLUMNS).writerow(row)
-            if writer is not None:
-                for key in LOG_COLUMNS[2:]:
-                    writer.add_scalar(f"train/{key}", row[key], step + 1)
+        if log is not None:
+            log.write(row)
         done = step + 1
         if ctx.is_main and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
             last_checkpoint = _write_checkpoint(network, optimizer, scheduler, config, done, epoch, out_dir)
     bar.close()
-    if writer is not None:
-        writer.close()
+    if log is not None:
+        log.close()
     weights = plot = None
     if ctx.is_main:
         if start_step >= config.steps:
@@ -444,6 +389,95 @@ def train(network: S2DHMNetwork, dataset, config: TrainConfig, out_dir: str | Pa
         dist.barrier()
     return TrainResult(max(start_step, config.steps), weights, last_checkpoint if ctx.is_main else None,
                        log_path if ctx.is_main else None, plot, history)
+
+
+def _resume(path: Path, network, optimizer, scheduler, config: TrainConfig) -> int:
+    """Load a training checkpoint into network, optimizer, scheduler and the RNGs; its step."""
+    state = _load_training_checkpoint(path)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: field 'model' does not fit the network ({exc})") from exc
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    step = int(state["step"])
+    differing = {k: (v, getattr(config, k, None)) for k, v in state["config"].items()
+                 if k != "steps" and getattr(config, k, None) != (tuple(v) if isinstance(v, list) else v)}
+    if differing:
+        logger.warning("Resuming %s with a different configuration: %s", path, differing)
+    logger.info("Resuming from %s at step %d", path, step)
+    return step
+
+
+def _train_step(model, dataset, config: TrainConfig, ctx: DistributedContext, step: int
+                ) -> tuple[int, dict[str, float]]:
+    """Gradients of one step (``pairs_per_step`` pairs accumulated, synchronised across
+    processes on the last); returns the epoch and the step's loss statistics."""
+    sums: dict[str, float] = {}
+    epoch = 0
+    for pair in range(config.pairs_per_step):
+        epoch, index = _sample_index(step, pair, config, ctx, len(dataset))
+        sample: PairSample = dataset[index]
+        generator = _step_generator(config.seed, step, ctx.rank, pair)
+        image_i = sample.image_i[None].to(ctx.device)
+        image_j = sample.image_j[None].to(ctx.device)
+        sync_now = pair == config.pairs_per_step - 1 or ctx.world_size == 1
+        with (model.no_sync() if not sync_now else contextlib.nullcontext()):
+            taps_i, taps_j = model(image_i, image_j)
+            loss, stats = pair_loss(taps_i, taps_j, sample.pt_i.to(ctx.device),
+                                    sample.pt_j.to(ctx.device), config, step, generator)
+            (loss / config.pairs_per_step).backward()
+        stats["loss"] = float(loss.detach())
+        for key, value in stats.items():
+            if key == "pool_size":
+                sums[key] = value
+            elif key in _COUNT_KEYS:
+                sums[key] = sums.get(key, 0) + value
+            else:
+                sums[key] = sums.get(key, 0.0) + value / config.pairs_per_step
+    return epoch, sums
+
+
+def _average_over_processes(sums: dict[str, float], ctx: DistributedContext) -> dict[str, float]:
+    keys = sorted(sums)
+    packed = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(packed)
+    out = {k: float(v) / ctx.world_size for k, v in zip(keys, packed.tolist())}
+    out.update({k: int(round(out[k])) for k in _COUNT_KEYS})
+    return out
+
+
+class _LossLog:
+    """``losses.csv`` (the rows before ``start_step`` kept when resuming) and, optionally,
+    TensorBoard scalars."""
+
+    def __init__(self, path: Path, start_step: int, tensorboard: bool):
+        self.path = path
+        rows = _read_log(path, start_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writeheader()
+            csv.DictWriter(handle, LOG_COLUMNS).writerows(rows)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"),
+                                            purge_step=start_step + 1)
+            except ImportError:
+                logger.warning("TensorBoard is not installed; losses go to %s only", path)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writerow(row)
+        if self.writer is not None:
+            for key in LOG_COLUMNS[2:]:
+                self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _plain_config(config: TrainConfig) -> dict:
