@@ -331,7 +331,9 @@ def run(args: argparse.Namespace) -> dict:
     for d, r in results.items():
         hz = f"{r['hz_median']:.1f} Hz" if r["hz_median"] else "n/a"
         print(f"{d}: {r['name']}; image size {r['image_size']}, top-{content['top_k']}, "
-              f"{r['localized']}/{r['queries']} localized, {hz} (median total); weights: {r['weights']}")
+              f"{r['localized']}/{r['queries']} localized ({r['queries'] - r['localized']} "
+              f"refused, {100 * (r['queries'] - r['localized']) / max(1, r['queries']):.0f} %), "
+              f"{hz} (median total); weights: {r['weights']}")
         print(f"{d}: " + rep.format_cascade_expansion(r["cascade"]))
     if scale:
         print(f"\nscale ({devices[0]}):\n" + format_scale_table(scale))
