@@ -1,6 +1,6 @@
-"""Evaluation: submission files, recall tables, cumulative error plots, the evaluation loop.
+"""Evaluation: recall tables, cumulative error plots, the evaluation loop (pose files are
+:mod:`ros2_s2dhm.datasets.submission`).
 
-- :mod:`.submission` — visuallocalization.net pose files (``name qw qx qy qz tx ty tz``).
 - :mod:`.recall` — recall at (0.25, 2°), (0.5, 5°), (5, 10°) per condition, medians, false
   poses; the default of every bound and :class:`~.recall.Bounds` (distances in the map's unit).
 - :mod:`.reliability` — the confidence's precision-recall curve; retrieval top-1 / top-k
