@@ -166,7 +166,7 @@ def build_config(config_cls, values: dict):
         value = opt.check(value)
         if opt.none_value is not None and value == opt.none_value:
             value = None
-        if isinstance(getattr(config_cls(), opt.path[0], None), tuple):
+        if isinstance(opt.default, tuple):  # a tuple field stays a tuple
             value = tuple(value)
         nested.setdefault(opt.path[:-1], {})[opt.path[-1]] = value
     try:

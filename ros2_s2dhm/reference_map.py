@@ -447,7 +447,6 @@ def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
     Copies are renamed ``<name>#<copy>``; their arrays are the source rows, written row by row.
     The hub term of retrieval is recomputed over the replicated map (copies are neighbours).
     """
-
     n = len(source)
     cycle = np.arange(num_images) % n
     writer = _copy_rows(source, out_dir, cycle)

@@ -242,6 +242,8 @@ class LocalizationService:
         localizer = {k: v for k, v in changes.items() if k not in service}
         if service:
             self.config = dataclasses.replace(self.config, **service)
+            with self._cond:
+                self._budget.factor = self.config.latency_budget_factor
         if localizer:
             config = localizer_config(**{**self.localizer_options, **localizer})
             self.localizer_options.update(localizer)
@@ -417,7 +419,6 @@ class LocalizationService:
         if self.localizer_options.get("time_budget_ms", 0.0) > 0:
             return None
         with self._cond:
-            self._budget.factor = self.config.latency_budget_factor
             return self._budget.budget_ms()
 
     def _problem(self, frame: Frame, message: str, counter: str, level: Level = Level.WARN,

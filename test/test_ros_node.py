@@ -30,6 +30,7 @@ from ros2_s2dhm.errors import MapFormatError  # noqa: E402
 from ros2_s2dhm.geometry.pose import Pose  # noqa: E402
 from ros2_s2dhm.localizer import LocalizationResult  # noqa: E402
 from ros2_s2dhm.ros import localizer_node  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 W, H = 64, 48
 TRUE_POSE = Pose.exp(np.array([0.1, -0.2, 0.3, 1.0, 2.0, 3.0]))
@@ -154,13 +155,6 @@ class Harness:
         return find()
 
 
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def values(status):

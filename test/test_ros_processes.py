@@ -39,6 +39,8 @@ from ros2_s2dhm.features.checkpoints import load_network  # noqa: E402
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map  # noqa: E402
 from ros2_s2dhm.ros.conversions import camera_to_camera_info  # noqa: E402
 
+import waiting  # noqa: E402
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 NODE = "/s2dhm_localizer"
@@ -92,12 +94,7 @@ class NodeProcess:
 
 
 def wait_for(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+    return waiting.wait_for(predicate, timeout, poll=0.05)
 
 
 class Client:

@@ -12,6 +12,7 @@ from ros2_s2dhm.geometry.camera import Camera
 from ros2_s2dhm.geometry.pose import Pose
 from ros2_s2dhm.localizer import LocalizationResult
 from ros2_s2dhm.service import Level, LocalizationService, ServiceConfig
+from waiting import wait_for
 
 CAMERA = Camera.from_pinhole(50.0, 50.0, 31.5, 23.5, 64, 48)
 POSE = Pose.from_quaternion([1.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
@@ -183,7 +184,7 @@ def test_worker_thread_hands_every_outcome_over():
     service.start(decode, on_outcome)
     try:
         service.offer(image(), 1_000)
-        assert _wait(lambda: service.counters.frames_processed == 1)
+        assert wait_for(lambda: service.counters.frames_processed == 1)
         service.offer(image(BLACK), 2_000)
         assert done.wait(10)
     finally:
@@ -193,14 +194,6 @@ def test_worker_thread_hands_every_outcome_over():
     assert level == Level.WARN and values["frames_processed"] == "2"
 
 
-def _wait(predicate, timeout=10.0):
-    import time
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_refused_options_are_named():
