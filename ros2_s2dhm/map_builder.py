@@ -3,12 +3,14 @@
 Per reference image: keypoints chosen for spatial spread (round-robin over a grid of
 cells, longest tracks first inside a cell), their 3D points, hypercolumns sampled
 bilinearly at the keypoints, the detail features (relu2_2 at stride 2, for the second level
-of Feature-metric PnP; int8, not projected) sampled there too, and the NetVLAD descriptor.
+of Feature-metric PnP) sampled there too, and the NetVLAD descriptor.
 
-Compact descriptors: the hypercolumns of up to ``projection_fit_images`` reference images
-(spread over the set) are computed first and a PCA to ``descriptor_dim`` is fitted on a sample
-of them; every image's descriptors are then projected with it and stored as int8 with one scale
-per vector (:mod:`compact_descriptors`). PCA of the global descriptors is fitted at the end.
+Compact descriptors: the hypercolumns and detail features of up to ``projection_fit_images``
+reference images (spread over the set) are computed first and two PCAs are fitted on a sample
+of them, to ``descriptor_dim`` (the matching space) and ``detail_dim`` (the detail level; 128
+keeps it unprojected); every image's descriptors are then projected and stored as int8 with one
+scale per vector (:mod:`compact_descriptors`). PCA of the global descriptors is fitted at the
+end. Every PCA's components are rounded to float16 before use (the map stores them so).
 Each image's part is written to ``<out>/parts/`` as soon as it is done, so an interrupted build
 resumes where it stopped; the map's arrays are written row by row.
 """
@@ -37,7 +39,7 @@ from .retrieval import HUB_NEIGHBOURS, fit_global_index
 
 PARTS = "parts"
 #: Changes when a part's content changes, so parts of an older build are recomputed.
-PARTS_FORMAT = 2
+PARTS_FORMAT = 3
 
 
 @dataclass
@@ -54,6 +56,9 @@ class MapBuildConfig:
     descriptor_dim: int = option(128, "matching-space dimension: PCA of the reference "
                                       "hypercolumns, stored as int8", low=8)
     descriptor_whiten: bool = option(False, "whiten the matching-space PCA")
+    detail_dim: int = option(64, "detail-level dimension: PCA of the relu2_2 features at the "
+                                 f"keypoints, stored as int8 ({DETAIL_DIM}: unprojected)",
+                             low=8, high=DETAIL_DIM)
     projection_fit_images: int = option(64, "reference images whose hypercolumns fit the "
                                             "matching-space PCA", low=1)
     projection_fit_samples: int = option(65536, "hypercolumns sampled to fit it", low=256)
@@ -74,17 +79,30 @@ def _build_signature(dataset: Dataset, weights_sha256: str, config: MapBuildConf
             "references": [r.name for r in dataset.references]}
 
 
-def _compress(descriptors: torch.Tensor, projection: PCA) -> dict:
-    """Full hypercolumns [M,C] -> {"descriptors": int8 [M,d], "scales": f16 [M]}."""
-    q, scale = quantize_int8(projection.transform(descriptors.float()))
-    return {"descriptors": q.cpu().numpy(), "scales": scale.cpu().numpy()}
+@dataclass
+class _Projections:
+    """The map's two descriptor PCAs: matching space, and detail level (None: unprojected)."""
+
+    matching: PCA
+    detail: PCA | None
+
+    def compress(self, part: dict) -> dict:
+        """Replace a part's full descriptors (fp16 ``descriptors_full`` [M,C], fp32
+        ``detail_full`` [M,128]) by int8 codes and scales: ``descriptors``/``scales``, ``detail``/``detail_scales``."""
+        full = {k: torch.from_numpy(part.pop(k)).float() for k in ("descriptors_full", "detail_full")}
+        detail = full["detail_full"] if self.detail is None else self.detail.transform(full["detail_full"])
+        for (codes, scales), x in ((("descriptors", "scales"), self.matching.transform(full["descriptors_full"])),
+                                   (("detail", "detail_scales"), detail)):
+            q, scale = quantize_int8(x)
+            part[codes], part[scales] = q.numpy(), scale.numpy()
+        return part
 
 
 @torch.no_grad()
 def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device,
-                  projection: PCA | None) -> dict:
-    """One reference image's part; descriptors compressed with ``projection``, or kept full
-    (fp16, key ``descriptors_full``) while the projection is not fitted yet."""
+                  projections: _Projections | None) -> dict:
+    """One reference image's part; descriptors compressed with ``projections``, or kept full
+    (keys ``descriptors_full``, fp16, and ``detail_full``) while they are not fitted yet."""
     image = read_image(ref.path)
     tensor, scale = prepare_image(image, config.image_size, device)
     out = network(tensor)
@@ -94,28 +112,31 @@ def _compute_part(ref, network, track_lengths, config: MapBuildConfig, device,
     pixels = scale_pixels(torch.from_numpy(kps).double(), torch.tensor(scale).double())
     desc = sample_descriptors(out.hypercolumn[0],
                               image_to_feature(pixels, HYPERCOLUMN_STRIDE).to(device).float())
-    detail, detail_scales = quantize_int8(sample_descriptors(
-        out.detail[0], image_to_feature(pixels, DETAIL_STRIDE).to(device).float()))
+    detail = sample_descriptors(out.detail[0],
+                                image_to_feature(pixels, DETAIL_STRIDE).to(device).float())
     part = {"keypoints": kps.astype(np.float32), "point_ids": ref.point_ids[sel],
             "global_descriptor": out.global_descriptor[0].float().cpu().numpy(),
-            "detail": detail.cpu().numpy(), "detail_scales": detail_scales.cpu().numpy()}
-    if projection is None:
-        part["descriptors_full"] = desc.half().cpu().numpy()
-    else:
-        part.update(_compress(desc, projection))
-    return part
+            "descriptors_full": desc.half().cpu().numpy(), "detail_full": detail.cpu().numpy()}
+    return part if projections is None else projections.compress(part)
 
 
-def _fit_projection(out_dir: Path, fit_ids: list[int], config: MapBuildConfig) -> PCA:
-    """The matching-space PCA from a seeded sample of the fit images' full hypercolumns."""
+def _fit_projections(out_dir: Path, fit_ids: list[int], config: MapBuildConfig) -> _Projections:
+    """The matching-space and detail PCAs from one seeded sample of the fit images' keypoints."""
     rng = np.random.default_rng(0)
     per_image = max(1, config.projection_fit_samples // max(1, len(fit_ids)))
-    samples = []
+    samples = {"descriptors_full": [], "detail_full": []}
     for i in fit_ids:
-        full = np.load(_part_path(out_dir, i))["descriptors_full"]
-        take = rng.choice(len(full), min(per_image, len(full)), replace=False) if len(full) else []
-        samples.append(full[np.sort(take)].astype(np.float32))
-    return PCA.fit(np.concatenate(samples), dim=config.descriptor_dim, whiten=config.descriptor_whiten)
+        with np.load(_part_path(out_dir, i)) as part:
+            n = len(part["keypoints"])
+            take = np.sort(rng.choice(n, min(per_image, n), replace=False)) if n else []
+            for key, chosen in samples.items():
+                chosen.append(part[key][take].astype(np.float32))
+    fit = {k: np.concatenate(v) for k, v in samples.items()}
+    matching = PCA.fit(fit["descriptors_full"], dim=config.descriptor_dim,
+                       whiten=config.descriptor_whiten).rounded_to_half()
+    detail = (PCA.fit(fit["detail_full"], dim=config.detail_dim).rounded_to_half()
+              if config.detail_dim < DETAIL_DIM else None)
+    return _Projections(matching, detail)
 
 
 def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_kind: str,
@@ -138,31 +159,36 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
     n = len(refs)
     track_lengths = np.bincount(np.concatenate([r.point_ids for r in refs]),
                                 minlength=len(dataset.points3d))
-    proj_path = parts / "projection.npz"
+    proj_paths = {"matching": parts / "projection.npz", "detail": parts / "detail_projection.npz"}
     fit_ids = sorted(set(np.linspace(0, n - 1, min(n, config.projection_fit_images))
                          .round().astype(int).tolist()))
-    if proj_path.exists():
-        projection = PCA.from_state_dict(dict(np.load(proj_path)))
+    if proj_paths["matching"].exists():
+        projections = _Projections(*(PCA.from_state_dict(dict(np.load(path)))
+                                     if path.exists() else None for path in proj_paths.values()))
     else:
         todo = [i for i in fit_ids if not _part_path(out_dir, i).exists()]
         for i in tqdm(todo, desc="hypercolumns (projection fit)", disable=not progress, unit="img"):
             _save_part(out_dir, i, _compute_part(refs[i], network, track_lengths, config, device, None))
-        projection = _fit_projection(out_dir, fit_ids, config)
-        np.savez(proj_path, **projection.state_dict())
+        projections = _fit_projections(out_dir, fit_ids, config)
+        if projections.detail is not None:
+            np.savez(proj_paths["detail"], **projections.detail.state_dict())
+        np.savez(proj_paths["matching"], **projections.matching.state_dict())  # last: marks the fit done
     todo = [i for i in range(n) if not _part_path(out_dir, i).exists()]
     for i in tqdm(todo, desc="reference hypercolumns", disable=not progress, unit="img"):
-        _save_part(out_dir, i, _compute_part(refs[i], network, track_lengths, config, device, projection))
+        _save_part(out_dir, i, _compute_part(refs[i], network, track_lengths, config, device, projections))
 
     k = 1
     for i in range(n):
         with np.load(_part_path(out_dir, i)) as p:
             k = max(k, len(p["keypoints"]))
-    writer = MapWriter(out_dir, n, k, projection.output_dim, DETAIL_DIM)
+    detail_dim = projections.detail.output_dim if projections.detail is not None else DETAIL_DIM
+    writer = MapWriter(out_dir, np.stack([r.pose.R for r in refs]), np.stack([r.pose.t for r in refs]),
+                       k, projections.matching.output_dim, detail_dim)
     globals_ = []
     for i in range(n):
         p = dict(np.load(_part_path(out_dir, i)))
         if "descriptors_full" in p:
-            p.update(_compress(torch.from_numpy(p["descriptors_full"]), projection))
+            p = projections.compress(p)
         writer.set_row(i, p["keypoints"], dataset.points3d[p["point_ids"]], p["descriptors"], p["scales"],
                        p["detail"], p["detail_scales"])
         globals_.append(p["global_descriptor"])
@@ -170,9 +196,10 @@ def build_reference_map(dataset: Dataset, network, weights_sha256: str, weights_
                              config.hub_neighbours)
     writer.finish(
         names=[r.name for r in refs], cameras=[r.camera for r in refs],
-        rotations=np.stack([r.pose.R for r in refs]), translations=np.stack([r.pose.t for r in refs]),
         global_descriptors=index.descriptors, pca=index.pca.state_dict(),
-        projection=projection.state_dict(), neighbour_similarity=index.neighbour_similarity,
+        projection=projections.matching.state_dict(),
+        detail_projection=projections.detail.state_dict() if projections.detail else None,
+        neighbour_similarity=index.neighbour_similarity,
         weights_sha256=weights_sha256, weights_kind=weights_kind, image_size=config.image_size,
         config=asdict(config), unit=dataset.unit)
     shutil.rmtree(parts)

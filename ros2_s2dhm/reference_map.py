@@ -9,16 +9,25 @@ config, the matching-descriptor settings, cameras, names, array shapes/dtypes/sh
     global_neighbour_similarity [N] f32  optional: each reference's mean similarity to its
                                    nearest others, the hub term of retrieval (in memory)
     keypoints [N,K,2] f32          pixels in the reference image (OpenCV)      (rows on demand)
-    points3d  [N,K,3] f64          world points of those keypoints             (rows on demand)
+    points_camera [N,K,3] f32      3D points of those keypoints in their reference camera's
+                                   frame; read as world points [K,3] f64 (:class:`WorldPoints`,
+                                   ``points3d``). Version 2 maps store ``points3d`` [N,K,3] f64
+                                   in the world instead                        (rows on demand)
     valid     [N,K]   bool         False for padding                           (rows on demand)
     descriptors [N,K,d] int8       hypercolumns at the keypoints, projected to
                                    the matching space and quantised            (rows on demand)
     descriptor_scales [N,K] f16    per-vector scale: descriptor ~= q * scale   (rows on demand)
-    detail_descriptors [N,K,128] int8  optional: relu2_2 features (stride 2, unit norm) at the
-                                   keypoints, the detail level of Feature-metric PnP (rows on demand)
+    detail_descriptors [N,K,e] int8  optional: relu2_2 features (stride 2) at the keypoints,
+                                   projected to e dimensions by ``detail_projection`` (version 3;
+                                   raw 128-d unit-norm features in version 2), the detail level of
+                                   Feature-metric PnP                          (rows on demand)
     detail_scales [N,K] f16        their per-vector scales                     (rows on demand)
-    pca_<key>          PCA of the global descriptors (features.pca.PCA state)
-    projection_<key>   PCA of the hypercolumns into the matching space
+    pca_<key>          PCA of the global descriptors (features.pca.PCA state; components f16)
+    projection_<key>   PCA of the hypercolumns into the matching space (components f16)
+    detail_projection_<key>  optional: PCA of the detail features (components f16)
+
+At 4096 keypoints, 128-d matching and 64-d detail descriptors that is about 0.89 MB per image
+plus the PCAs (at most about 140 MB, shared by the whole map).
 
 Opening a map reads the manifest, the small arrays and the ``.npy`` headers (shapes, dtypes and
 file sizes are checked against the manifest); the per-keypoint arrays are read row by row with
@@ -40,21 +49,25 @@ from .geometry import Camera, Pose
 from .retrieval import HUB_NEIGHBOURS, neighbour_similarity
 
 MAP_FORMAT = "ros2_s2dhm-map"
-MAP_VERSION = 2
+MAP_VERSION = 3
+#: Versions this build opens (version 2: world points in float64, unprojected detail level).
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 
 #: Arrays with one small row per image, loaded into memory when the map is opened.
 SMALL_ARRAYS = {"rotations": np.float64, "translations": np.float64, "global_descriptors": np.float32}
 #: Arrays with K keypoints per image, read per reference on demand.
-ROW_ARRAYS = {"keypoints": np.float32, "points3d": np.float64, "valid": np.bool_,
-              "descriptors": np.int8, "descriptor_scales": np.float16}
+ROW_ARRAYS = {"keypoints": np.float32, "valid": np.bool_, "descriptors": np.int8,
+              "descriptor_scales": np.float16}
+#: The keypoints' 3D points: one of these row arrays (version 3 writes the first).
+POINT_ARRAYS = {"points_camera": np.float32, "points3d": np.float64}
 #: Optional small array: maps built before hubness reduction have none (computed when opened).
 HUB_ARRAY = "global_neighbour_similarity"
 #: Optional row arrays: maps built before the detail level have none (single-level refinement).
 DETAIL_ARRAYS = {"detail_descriptors": np.int8, "detail_scales": np.float16}
-_ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}
-_ROW_DTYPES = {**ROW_ARRAYS, **DETAIL_ARRAYS}  # every array read row by row
-_STATES = ("pca", "projection")
+_ARRAY_DTYPES = {**SMALL_ARRAYS, **ROW_ARRAYS}  # arrays every map has
+_ROW_DTYPES = {**ROW_ARRAYS, **POINT_ARRAYS, **DETAIL_ARRAYS}  # every array read row by row
+_STATES = ("pca", "projection", "detail_projection")
 
 _REBUILD = "rebuild it with `build_map --dataset DIR --out MAP`"
 
@@ -133,6 +146,46 @@ class NpyRows:
         return arr if dtype is None else arr.astype(dtype)
 
 
+class WorldPoints:
+    """World points [N,K,3] float64 of a map that stores them in each reference camera's frame.
+
+    Row i is ``R_i^T (x - t_i)`` for the stored camera-frame points x [K,3] float32 (the
+    reference's world-to-camera pose R_i, t_i): float32 near the camera keeps them within about
+    1e-5 of the float64 world points at 100 map units, at half their size. Indexed like
+    :class:`NpyRows` (an int, an index array, a slice or a mask; rows read on demand).
+    """
+
+    def __init__(self, camera_rows, rotations: np.ndarray, translations: np.ndarray):
+        self.camera_rows = camera_rows
+        self.rotations = np.asarray(rotations, np.float64)
+        self.translations = np.asarray(translations, np.float64)
+        self.shape, self.dtype = tuple(camera_rows.shape), np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        flat = idx.reshape(-1)
+        local = np.asarray(self.camera_rows[flat], np.float64)
+        out = np.empty_like(local)
+        for j, i in enumerate(flat):
+            out[j] = Pose(self.rotations[i], self.translations[i]).inverse().transform(local[j])
+        return out.reshape(*idx.shape, *self.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[np.arange(len(self))]
+        return arr if dtype is None else arr.astype(dtype)
+
+
 class MapWriter:
     """Writes a map directory row by row (resident memory independent of the map's size).
 
@@ -141,13 +194,17 @@ class MapWriter:
     valid map.
     """
 
-    def __init__(self, map_dir, num_images: int, num_keypoints: int, descriptor_dim: int,
-                 detail_dim: int = 0):
+    def __init__(self, map_dir, rotations: np.ndarray, translations: np.ndarray,
+                 num_keypoints: int, descriptor_dim: int, detail_dim: int = 0):
+        """A writer of ``len(rotations)`` images whose world-to-camera poses are
+        ``rotations [N,3,3]``, ``translations [N,3]``, with at most ``num_keypoints`` each."""
         self.dir = Path(map_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / MANIFEST).unlink(missing_ok=True)
-        n, k, d = int(num_images), max(1, int(num_keypoints)), int(descriptor_dim)
-        shapes = {"keypoints": (n, k, 2), "points3d": (n, k, 3), "valid": (n, k),
+        self.rotations = np.asarray(rotations, np.float64)
+        self.translations = np.asarray(translations, np.float64)
+        n, k, d = len(self.rotations), max(1, int(num_keypoints)), int(descriptor_dim)
+        shapes = {"keypoints": (n, k, 2), "points_camera": (n, k, 3), "valid": (n, k),
                   "descriptors": (n, k, d), "descriptor_scales": (n, k)}
         if detail_dim:
             shapes.update(detail_descriptors=(n, k, int(detail_dim)), detail_scales=(n, k))
@@ -158,12 +215,14 @@ class MapWriter:
 
     def set_row(self, i: int, keypoints, points3d, descriptors, scales, detail=None,
                 detail_scales=None) -> None:
-        """Image i's M <= K keypoints [M,2], points [M,3], int8 descriptors [M,d], scales [M]
-        and, when the map has a detail level, int8 detail descriptors [M,128] and scales [M]."""
+        """Image i's M <= K keypoints [M,2], world points [M,3] (stored in image i's camera
+        frame), int8 descriptors [M,d], scales [M] and, when the map has a detail level, int8
+        detail descriptors [M,e] and scales [M]."""
         m = len(keypoints)
         if m > self.num_keypoints:
             raise ValueError(f"image {i}: {m} keypoints exceed the map's {self.num_keypoints}")
-        values = [("keypoints", keypoints), ("points3d", points3d), ("descriptors", descriptors),
+        local = Pose(self.rotations[i], self.translations[i]).transform(np.reshape(points3d, (m, 3)))
+        values = [("keypoints", keypoints), ("points_camera", local), ("descriptors", descriptors),
                   ("descriptor_scales", scales)]
         if "detail_descriptors" in self.rows:
             if detail is None or detail_scales is None:
@@ -175,21 +234,23 @@ class MapWriter:
         self.rows["valid"][i] = False
         self.rows["valid"][i, :m] = True
 
-    def finish(self, *, names, cameras, rotations, translations, global_descriptors, pca: dict,
-               projection: dict, weights_sha256: str, weights_kind: str, image_size: int,
-               config: dict, unit: str = "m", neighbour_similarity=None) -> Path:
+    def finish(self, *, names, cameras, global_descriptors, pca: dict, projection: dict,
+               weights_sha256: str, weights_kind: str, image_size: int, config: dict,
+               unit: str = "m", neighbour_similarity=None, detail_projection: dict | None = None
+               ) -> Path:
         """Write the small arrays and states, then the manifest with every file's hash;
-        ``neighbour_similarity`` [N] is the retrieval hub term (optional)."""
+        ``neighbour_similarity`` [N] is the retrieval hub term (optional), ``detail_projection``
+        the PCA state of the detail level (None: the detail level, if any, is not projected)."""
         n = len(names)
         for arr in self.rows.values():
             arr.flush()
-        arrays = dict(rotations=np.asarray(rotations, np.float64),
-                      translations=np.asarray(translations, np.float64),
+        arrays = dict(rotations=self.rotations, translations=self.translations,
                       global_descriptors=np.asarray(global_descriptors, np.float32))
         if neighbour_similarity is not None:
             arrays[HUB_ARRAY] = np.asarray(neighbour_similarity, np.float32).reshape(n)
-        arrays.update({f"pca_{k}": np.asarray(v) for k, v in pca.items()})
-        arrays.update({f"projection_{k}": np.asarray(v) for k, v in projection.items()})
+        states = {"pca": pca, "projection": projection, "detail_projection": detail_projection or {}}
+        arrays.update({f"{state}_{k}": np.asarray(v) for state, values in states.items()
+                       for k, v in values.items()})
         for name, arr in arrays.items():
             np.save(self.dir / f"{name}.npy", arr)
         meta = {}
@@ -209,6 +270,7 @@ class MapWriter:
                             "quantization": "int8, one float16 scale per vector"},
             **({"detail": {"layer": "relu2_2", "stride": 2,
                            "dim": meta["detail_descriptors"]["shape"][-1],
+                           "projected": bool(detail_projection),
                            "quantization": "int8, one float16 scale per vector"}}
                if "detail_descriptors" in meta else {}),
             "names": list(names),
@@ -225,7 +287,9 @@ class MapWriter:
 @dataclass
 class ReferenceMap:
     """A map: names, cameras and poses in memory, per-keypoint arrays in memory or on disk
-    (:class:`NpyRows`). Index the row arrays with the retrieved image indices."""
+    (:class:`NpyRows`; ``points3d`` a :class:`WorldPoints` over the stored camera-frame points).
+    Index the row arrays with the retrieved image indices. ``detail_projection`` is the PCA
+    state of the detail level (None: the stored detail features are the raw 128-d ones)."""
 
     names: list[str]
     cameras: list[Camera]
@@ -248,6 +312,7 @@ class ReferenceMap:
     detail_descriptors: np.ndarray | None = None
     detail_scales: np.ndarray | None = None
     global_neighbour_similarity: np.ndarray | None = None
+    detail_projection: dict | None = None
 
     def __post_init__(self):
         self._check_shapes(str(self.directory or "<memory>"))
@@ -319,17 +384,22 @@ class ReferenceMap:
         if d[0] != self.descriptors.shape[-1]:
             raise MapFormatError(f"map {where}: projection has {d[0]} components but descriptors "
                                  f"have {self.descriptors.shape[-1]} dimensions")
+        if self.detail_projection:
+            e = np.asarray(self.detail_projection.get("components", np.zeros((0, 0)))).shape
+            if not self.has_detail or e[0] != self.detail_dim:
+                raise MapFormatError(f"map {where}: detail_projection has {e[0]} components but "
+                                     f"the detail descriptors have {self.detail_dim} dimensions")
 
     # ------------------------------------------------------------------ files
     def save(self, map_dir) -> Path:
         """Write the map directory (row arrays copied image by image, manifest last)."""
         writer = _copy_rows(self, map_dir, np.arange(len(self)))
         return writer.finish(
-            names=self.names, cameras=self.cameras, rotations=self.rotations,
-            translations=self.translations, global_descriptors=self.global_descriptors,
+            names=self.names, cameras=self.cameras, global_descriptors=self.global_descriptors,
             pca=self.pca, projection=self.projection, weights_sha256=self.weights_sha256,
             weights_kind=self.weights_kind, image_size=self.image_size, config=self.config,
-            unit=self.unit, neighbour_similarity=self.global_neighbour_similarity)
+            unit=self.unit, neighbour_similarity=self.global_neighbour_similarity,
+            detail_projection=self.detail_projection)
 
     @staticmethod
     def _manifest(map_dir: Path) -> dict:
@@ -348,11 +418,11 @@ class ReferenceMap:
         if version == 1:
             raise MapFormatError(
                 f"{manifest_path}: map format version 1 (full 2048-d fp16 descriptors, about "
-                f"17 MB per image) is no longer read; this build reads version {MAP_VERSION} "
-                f"(compact int8 descriptors, about 1.4 MB per image): {_REBUILD}")
-        if version != MAP_VERSION:
+                f"17 MB per image) is no longer read; this build reads versions "
+                f"{READABLE_VERSIONS} (compact int8 descriptors, under 1 MB per image): {_REBUILD}")
+        if version not in READABLE_VERSIONS:
             raise MapFormatError(f"{manifest_path}: map format version {version} is not supported "
-                                 f"(this build reads version {MAP_VERSION}); {_REBUILD}")
+                                 f"(this build reads versions {READABLE_VERSIONS}); {_REBUILD}")
         return manifest
 
     @classmethod
@@ -389,6 +459,8 @@ class ReferenceMap:
                                      f"manifest says {meta.get('dtype')}{meta.get('shape')}")
             arrays[name] = arr
         missing = [k for k in _ARRAY_DTYPES if k not in arrays]
+        if not any(k in arrays for k in POINT_ARRAYS):
+            missing.append(" or ".join(POINT_ARRAYS))
         if missing:
             raise MapFormatError(f"{map_dir / MANIFEST}: arrays {missing} are missing from the manifest")
         for k, dtype in {**_ARRAY_DTYPES, **_ROW_DTYPES, HUB_ARRAY: np.float32}.items():
@@ -403,7 +475,11 @@ class ReferenceMap:
             raise MapFormatError(f"{map_dir / MANIFEST}: field {e} is missing or malformed") from None
         states = {s: {k[len(s) + 1:]: v for k, v in arrays.items() if k.startswith(s + "_")}
                   for s in _STATES}
-        return cls(names=names, cameras=cameras, weights_sha256=sha,
+        states["detail_projection"] = states["detail_projection"] or None
+        points = arrays.get("points3d")
+        if "points_camera" in arrays:
+            points = WorldPoints(arrays["points_camera"], arrays["rotations"], arrays["translations"])
+        return cls(names=names, cameras=cameras, weights_sha256=sha, points3d=points,
                    weights_kind=manifest.get("weights_kind", "unknown"),
                    image_size=int(manifest.get("image_size", 512)),
                    unit=manifest.get("unit", "m"), config=manifest.get("config", {}),
@@ -430,8 +506,9 @@ class ReferenceMap:
 
 def _copy_rows(source: ReferenceMap, out_dir, rows: np.ndarray) -> MapWriter:
     """A MapWriter whose image i holds ``source``'s image ``rows[i]`` (valid keypoints only)."""
-    writer = MapWriter(out_dir, len(rows), source.num_keypoints, source.descriptor_dim,
-                       source.detail_dim)
+    writer = MapWriter(out_dir, np.asarray(source.rotations)[rows],
+                       np.asarray(source.translations)[rows], source.num_keypoints,
+                       source.descriptor_dim, source.detail_dim)
     for i, j in enumerate(rows):
         m = int(np.asarray(source.valid[j]).sum())
         detail = ((source.detail_descriptors[j][:m], source.detail_scales[j][:m])
@@ -452,12 +529,12 @@ def replicate_map(source: ReferenceMap, out_dir, num_images: int) -> Path:
     writer = _copy_rows(source, out_dir, cycle)
     return writer.finish(
         names=[source.names[j] if i < n else f"{source.names[j]}#{i // n}" for i, j in enumerate(cycle)],
-        cameras=[source.cameras[j] for j in cycle], rotations=np.asarray(source.rotations)[cycle],
-        translations=np.asarray(source.translations)[cycle],
+        cameras=[source.cameras[j] for j in cycle],
         global_descriptors=np.asarray(source.global_descriptors)[cycle], pca=source.pca,
         projection=source.projection, weights_sha256=source.weights_sha256,
         weights_kind=source.weights_kind, image_size=source.image_size,
         config={**source.config, "replicated_from": str(source.directory), "source_images": n},
-        unit=source.unit, neighbour_similarity=neighbour_similarity(
+        unit=source.unit, detail_projection=source.detail_projection,
+        neighbour_similarity=neighbour_similarity(
             np.asarray(source.global_descriptors)[cycle],
             source.config.get("hub_neighbours", HUB_NEIGHBOURS)))

@@ -113,9 +113,11 @@ def fit_global_index(raw_descriptors, pca_dim: int, whiten: bool = True,
     references' spread weighs the same, so the few that carry illumination and weather no
     longer dominate), then each reference's neighbour similarity over ``hub_neighbours`` others.
     (With N - 1 <= pca_dim, whitening leaves all references equally similar to each other, and
-    the hub term is the same for all: CSLS matters for maps larger than the PCA dimension.)"""
+    the hub term is the same for all: CSLS matters for maps larger than the PCA dimension.)
+    The PCA's components are rounded to float16 (:meth:`PCA.rounded_to_half`) before the
+    references are projected: the map stores them at half the size."""
     raw = np.asarray(raw_descriptors, np.float32)
-    pca = PCA.fit(raw, dim=pca_dim, whiten=whiten)
+    pca = PCA.fit(raw, dim=pca_dim, whiten=whiten).rounded_to_half()
     reduced = np.asarray(pca.transform(raw), np.float32)
     return GlobalIndex(pca, reduced, neighbour_similarity(reduced, hub_neighbours))
 

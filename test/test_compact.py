@@ -90,16 +90,21 @@ def test_config_rejects_bad_values(factor):
         MatcherConfig(ratio=1.5)
 
 
-def test_map_stores_the_detail_level_at_its_keypoints(tiny_synthetic, tiny_map_dir, random_network):
+def test_map_stores_the_projected_detail_level_at_its_keypoints(tiny_synthetic, tiny_map_dir, random_network):
     from ros2_s2dhm.datasets import load_dataset, read_image
     from ros2_s2dhm.features.backbone import DETAIL_DIM, DETAIL_STRIDE
     from ros2_s2dhm.geometry.pixels import image_to_feature, scale_pixels
     from ros2_s2dhm.matching import sample_descriptors
     from ros2_s2dhm.reference_map import ReferenceMap
 
+    from ros2_s2dhm.features.pca import PCA
+    from ros2_s2dhm.map_builder import MapBuildConfig
+
     net, info = random_network
     ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
-    assert ref_map.has_detail and ref_map.detail_dim == DETAIL_DIM
+    assert ref_map.has_detail and ref_map.detail_dim == MapBuildConfig.detail_dim < DETAIL_DIM
+    projection = PCA.from_state_dict(ref_map.detail_projection)
+    assert projection.input_dim == DETAIL_DIM and projection.output_dim == ref_map.detail_dim
     index = 3
     reference = {r.name: r for r in load_dataset(tiny_synthetic.root).references}[ref_map.names[index]]
     tensor, scale = prepare_image(read_image(reference.path), ref_map.image_size)
@@ -108,7 +113,8 @@ def test_map_stores_the_detail_level_at_its_keypoints(tiny_synthetic, tiny_map_d
     valid = ref_map.valid[index]
     pixels = scale_pixels(torch.from_numpy(ref_map.keypoints[index][valid]).double(),
                           torch.tensor(scale).double())
-    expected = sample_descriptors(detail, image_to_feature(pixels, DETAIL_STRIDE).float())
+    expected = projection.transform(
+        sample_descriptors(detail, image_to_feature(pixels, DETAIL_STRIDE).float()))
     stored = dequantize_int8(torch.from_numpy(ref_map.detail_descriptors[index][valid]),
                              torch.from_numpy(ref_map.detail_scales[index][valid]))
     scales = torch.from_numpy(ref_map.detail_scales[index][valid]).float()

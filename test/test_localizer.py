@@ -8,7 +8,9 @@ import torch
 from ros2_s2dhm.datasets.synthetic.generate import default_camera, street_pose
 from ros2_s2dhm.datasets.synthetic.render import render_view
 from ros2_s2dhm.datasets.synthetic.scene import make_scene
+from ros2_s2dhm.compact_descriptors import project_map
 from ros2_s2dhm.errors import InputImageError
+from ros2_s2dhm.features.pca import PCA
 from ros2_s2dhm.geometry import pose_error
 from ros2_s2dhm.localizer import STAGES, Localizer, LocalizerConfig
 from ros2_s2dhm.matching import MatcherConfig
@@ -194,8 +196,11 @@ def test_refinement_runs_the_matching_space_then_the_detail_level(tiny_map_dir, 
     qf, decision, (result, reason) = run(ref_map)
     assert len(calls) == 2 and reason.startswith("matching ") and ", detail " in reason
     (pose1, pts1, ref1, fmap1, cam1, res1), (pose2, pts2, ref2, fmap2, cam2, res2) = calls
-    assert fmap1 is qf.fine and fmap2 is qf.detail and result is res2
-    assert qf.detail.shape[1:] == (qf.fine.shape[1] * 2, qf.fine.shape[2] * 2)  # 64x48 vs 32x24
+    assert fmap1 is qf.fine and result is res2
+    # the query's detail level, projected by the map's detail PCA (stride 2: 64x48 vs 32x24)
+    detail_pca = PCA.from_state_dict(ref_map.detail_projection)
+    assert torch.equal(fmap2, project_map(detail_pca, qf.detail))
+    assert fmap2.shape == (ref_map.detail_dim, qf.fine.shape[1] * 2, qf.fine.shape[2] * 2)
     assert cam2.K[0, 0] == pytest.approx(2 * cam1.K[0, 0])
     assert pose1 is decision.pose and pose2 is res1.pose and torch.equal(pts1, pts2)
     # the same inliers' detail descriptors, read from their references' map rows
@@ -209,7 +214,8 @@ def test_refinement_runs_the_matching_space_then_the_detail_level(tiny_map_dir, 
     # off, or a map built before the detail level: one pass in the matching space
     for reference_map, options in ((ref_map, {"refine_detail": False}),
                                    (dataclasses.replace(ref_map, detail_descriptors=None,
-                                                        detail_scales=None), {})):
+                                                        detail_scales=None,
+                                                        detail_projection=None), {})):
         qf, _, (result, reason) = run(reference_map, **options)
         assert len(calls) == 1 and calls[0][3] is qf.fine and result is calls[0][5]
         assert reason == result.reason

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from ros2_s2dhm.errors import MapFormatError
 from ros2_s2dhm.geometry import Camera
-from ros2_s2dhm.reference_map import NpyRows, ReferenceMap, replicate_map
+from ros2_s2dhm.reference_map import NpyRows, ReferenceMap, WorldPoints, replicate_map
 
 
 def _map(n=3, k=5, c=8, d=4):
@@ -15,9 +16,9 @@ def _map(n=3, k=5, c=8, d=4):
     return ReferenceMap(
         names=[f"overcast-reference/rear/{i}.jpg" for i in range(n)],
         cameras=[Camera("PINHOLE", 64, 48, np.array([50.0, 50.0, 31.5, 23.5]))] * n,
-        rotations=np.stack([np.eye(3)] * n), translations=rng.normal(size=(n, 3)),
+        rotations=Rotation.random(n, random_state=0).as_matrix(), translations=rng.normal(size=(n, 3)),
         keypoints=rng.uniform(0, 40, (n, k, 2)).astype(np.float32),
-        points3d=rng.normal(size=(n, k, 3)), valid=np.arange(k)[None].repeat(n, 0) < [[4], [5], [2]][:n],
+        points3d=rng.normal(size=(n, k, 3)) * 50, valid=np.arange(k)[None].repeat(n, 0) < [[4], [5], [2]][:n],
         descriptors=rng.integers(-127, 128, (n, k, c)).astype(np.int8),
         descriptor_scales=rng.uniform(0.001, 0.01, (n, k)).astype(np.float16),
         global_descriptors=rng.normal(size=(n, d)).astype(np.float32),
@@ -46,12 +47,20 @@ def test_round_trip_reads_rows_on_demand_and_equal(tmp_path):
     m = _map()
     m.save(tmp_path / "map")
     back = ReferenceMap.load(tmp_path / "map", expected_weights_sha256="ab" * 32)
-    assert isinstance(back.descriptors, NpyRows) and isinstance(back.points3d, NpyRows)
+    assert isinstance(back.descriptors, NpyRows) and isinstance(back.points3d, WorldPoints)
+    assert isinstance(back.points3d.camera_rows, NpyRows) and back.points3d.camera_rows.dtype == np.float32
     assert back.names == m.names and back.image_size == 64 and back.unit == "m"
-    for key in ("keypoints", "points3d", "valid", "descriptors", "descriptor_scales"):
+    for key in ("keypoints", "valid", "descriptors", "descriptor_scales"):
         assert np.array_equal(np.asarray(getattr(back, key)), _masked(m, key)), key
         assert np.array_equal(getattr(back, key)[[2, 0]], _masked(m, key)[[2, 0]]), key
         assert np.array_equal(getattr(back, key)[1], _masked(m, key)[1]), key
+    # world points come back from their float32 camera-frame copies (points up to ~150 m away)
+    valid = np.asarray(m.valid)
+    assert back.points3d.dtype == np.float64 and back.points3d.shape == m.points3d.shape
+    assert np.abs(np.asarray(back.points3d)[valid] - m.points3d[valid]).max() < 2e-5
+    assert np.abs(back.points3d[[2, 0]][valid[[2, 0]]] - m.points3d[[2, 0]][valid[[2, 0]]]).max() < 2e-5
+    assert np.abs(back.points3d[1] - m.points3d[1]).max() < 2e-5
+    assert not np.array_equal(np.asarray(back.points3d.camera_rows)[valid], m.points3d[valid])
     for key in ("rotations", "translations", "global_descriptors"):
         assert np.array_equal(getattr(back, key), getattr(m, key))
     assert np.array_equal(back.pca["components"], m.pca["components"])
@@ -75,7 +84,7 @@ def test_detail_level_round_trips_and_is_optional(tmp_path):
     for key in ("detail_descriptors", "detail_scales"):
         assert np.array_equal(np.asarray(getattr(back, key)), _masked(detail, key)), key
     manifest = json.loads((tmp_path / "detail" / "manifest.json").read_text())
-    assert manifest["detail"] == {"layer": "relu2_2", "stride": 2, "dim": 6,
+    assert manifest["detail"] == {"layer": "relu2_2", "stride": 2, "dim": 6, "projected": False,
                                   "quantization": "int8, one float16 scale per vector"}
     assert ReferenceMap.verify(tmp_path / "detail") == len(manifest["arrays"])
     copy = replicate_map(back, tmp_path / "copies", 5)  # replicated maps keep the level
@@ -115,7 +124,7 @@ def test_opening_reads_no_row_array_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
     ref = ReferenceMap.load(tmp_path / "map")
     assert loaded and not [p for p in loaded if any(
-        p.endswith(f"/{name}.npy") for name in ("descriptors", "descriptor_scales", "points3d", "keypoints", "valid"))]
+        p.endswith(f"/{name}.npy") for name in ("descriptors", "descriptor_scales", "points_camera", "keypoints", "valid"))]
     read = []
     real_pread = __import__("os").pread
     monkeypatch.setattr("os.pread", lambda fd, n, off: read.append(n) or real_pread(fd, n, off))
@@ -137,6 +146,53 @@ def test_truncated_or_changed_array_is_named(tmp_path):
     path.write_bytes(data)
     assert ReferenceMap.verify(tmp_path / "map") == len(json.loads(
         (tmp_path / "map" / "manifest.json").read_text())["arrays"])
+
+
+def test_version_2_map_with_world_points_still_opens(tmp_path):
+    """A map written before version 3 (world points in float64, no detail projection) opens,
+    and gives back its points exactly."""
+    m = _map()
+    m.save(tmp_path / "map")
+    d = tmp_path / "map"
+    (d / "points_camera.npy").unlink()
+    world = _masked(m, "points3d")
+    np.save(d / "points3d.npy", world)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["version"] = 2
+    del manifest["arrays"]["points_camera"]
+    manifest["arrays"]["points3d"] = {"shape": list(world.shape), "dtype": "float64", "sha256": ""}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    back = ReferenceMap.load(d)
+    assert isinstance(back.points3d, NpyRows) and np.array_equal(back.points3d[[1, 2]], world[[1, 2]])
+    (d / "points3d.npy").unlink()
+    del manifest["arrays"]["points3d"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MapFormatError, match="points_camera or points3d"):
+        ReferenceMap.load(d)
+
+
+def test_projections_are_stored_in_float16_when_exact(tmp_path):
+    """A map's PCAs rounded to float16 are stored at half the size and read back exactly; a
+    detail projection must match the detail level's dimension."""
+    from ros2_s2dhm.features.pca import PCA
+
+    rng = np.random.default_rng(3)
+    pca = PCA.fit(rng.normal(size=(40, 16)), dim=6).rounded_to_half()
+    assert pca.components.dtype == np.float32 and pca.state_dict()["components"].dtype == np.float16
+    assert PCA.fit(rng.normal(size=(40, 16)), dim=6).state_dict()["components"].dtype == np.float32
+    m = dataclasses.replace(
+        _map(), detail_descriptors=rng.integers(-127, 128, (3, 5, 6)).astype(np.int8),
+        detail_scales=rng.uniform(0.001, 0.01, (3, 5)).astype(np.float16),
+        detail_projection=pca.state_dict())
+    m.save(tmp_path / "map")
+    back = ReferenceMap.load(tmp_path / "map")
+    assert back.detail_projection["components"].dtype == np.float16
+    assert np.array_equal(PCA.from_state_dict(back.detail_projection).components, pca.components)
+    assert json.loads((tmp_path / "map" / "manifest.json").read_text())["detail"]["projected"]
+    copy = ReferenceMap.load(replicate_map(back, tmp_path / "copy", 4))
+    assert np.array_equal(copy.detail_projection["components"], back.detail_projection["components"])
+    with pytest.raises(MapFormatError, match="detail_projection has 6 components"):
+        dataclasses.replace(m, detail_descriptors=m.detail_descriptors[..., :4])
 
 
 def test_format_1_map_is_refused_with_rebuild_command(tmp_path):
