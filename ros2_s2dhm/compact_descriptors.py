@@ -8,14 +8,21 @@ small space.
 
 Quantisation: ``q = round(127 * x / max|x|)``, ``scale = max|x| / 127`` (float16), so
 ``x ~= q * scale`` with an absolute error of at most ``scale / 2`` per component.
+
+The query's side (:func:`project_taps`) never forms the 2048-channel hypercolumn: projection
+and bilinear upsampling are both linear, so each VGG tap is projected at its own resolution and
+the d-channel result upsampled; the hypercolumn's per-pixel norm (it is L2-normalised before the
+projection) comes from each tap's neighbour inner products (:func:`upsampled_square_norm`).
 """
 from __future__ import annotations
 
 import torch
 
+from .features.backbone import HYPERCOLUMN_STRIDE, TAP_STRIDES, upsample_aligned
 from .features.pca import PCA
 
-__all__ = ["QUANT_MAX", "quantize_int8", "dequantize_int8", "project_map"]
+__all__ = ["QUANT_MAX", "quantize_int8", "dequantize_int8", "project_map", "project_taps",
+           "upsampled_square_norm"]
 
 QUANT_MAX = 127
 
@@ -43,3 +50,71 @@ def project_map(projection: PCA, fmap: torch.Tensor) -> torch.Tensor:
     """Dense feature map [C, H, W] -> [d, H, W], each cell projected and L2-normalised."""
     c, h, w = fmap.shape
     return projection.transform(fmap.reshape(c, h * w).T).T.reshape(-1, h, w).contiguous()
+
+
+def _source_rows(out_size: int, upsampled: int, in_size: int, factor: int, device):
+    """Bilinear sources of output rows ``0..out_size-1`` of a length-``in_size`` axis upsampled by
+    ``factor`` (``align_corners=False``, as F.interpolate) to ``upsampled`` rows, rows past it
+    replicating the last (upsample_aligned's edge padding): (i0, i1) [out] long, (w0, w1) [out]."""
+    dst = torch.arange(out_size, device=device).clamp_max(upsampled - 1).double()
+    src = ((dst + 0.5) / factor - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    w1 = (src - i0.double()).float()
+    return i0, i1, 1.0 - w1, w1
+
+
+def upsampled_square_norm(x: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+    """x [C, h, w] -> [size] float32: the squared per-pixel norm of
+    ``upsample_aligned(x[None], factor, size)[0]``, from x's inner products with its right, lower
+    and diagonal neighbours (5 maps [h, w]) instead of the C-channel upsampled map."""
+    x = x.float()
+    c, h, w = x.shape
+    if factor == 1 and (h, w) == tuple(size):
+        return x.square().sum(0)
+    down = torch.arange(h, device=x.device).add(1).clamp_max(h - 1)
+    right = torch.arange(w, device=x.device).add(1).clamp_max(w - 1)
+    xr, xd = x[:, :, right], x[:, down, :]
+    self_, horiz, vert = (x * x).sum(0), (x * xr).sum(0), (x * xd).sum(0)
+    diag, anti = (x * xd[:, :, right]).sum(0), (xr * xd).sum(0)
+    i0, i1, a0, a1 = _source_rows(size[0], h * factor, h, factor, x.device)
+    j0, j1, b0, b1 = _source_rows(size[1], w * factor, w, factor, x.device)
+    a0, a1, b0, b1 = a0[:, None], a1[:, None], b0[None], b1[None]
+
+    def at(g, rows, cols):
+        return g[rows][:, cols]
+
+    return (a0 * a0 * (b0 * b0 * at(self_, i0, j0) + b1 * b1 * at(self_, i0, j1)
+                       + 2 * b0 * b1 * at(horiz, i0, j0))
+            + a1 * a1 * (b0 * b0 * at(self_, i1, j0) + b1 * b1 * at(self_, i1, j1)
+                         + 2 * b0 * b1 * at(horiz, i1, j0))
+            + 2 * a0 * a1 * (b0 * b0 * at(vert, i0, j0) + b1 * b1 * at(vert, i0, j1)
+                             + b0 * b1 * (at(diag, i0, j0) + at(anti, i0, j0))))
+
+
+def project_taps(projection: PCA, taps: list[torch.Tensor]) -> torch.Tensor:
+    """The network's five taps [1, C_t, h_t, w_t] (strides 4, 8, 8, 16, 16) -> [d, h4, w4]:
+    ``project_map(projection, hypercolumn_from_taps(taps)[0])`` up to float rounding, without
+    the [2048, h4, w4] hypercolumn (a quarter of the multiply-adds, no 100 MB intermediate at
+    512 px). Each tap's slice of the components projects it at its own resolution."""
+    channels = sum(tap.shape[1] for tap in taps)
+    if len(taps) != len(TAP_STRIDES) or channels != projection.input_dim:
+        raise ValueError(f"project_taps: {len(taps)} taps have {channels} channels, expected "
+                         f"{len(TAP_STRIDES)} with {projection.input_dim}")
+    size = tuple(taps[0].shape[-2:])
+    mean, components, scale = projection.tensors(taps[0].device)
+    projected = torch.zeros((1, components.shape[0], *size), device=taps[0].device)
+    square_norm = torch.zeros(size, device=taps[0].device)
+    start = 0
+    for tap, stride in zip(taps, TAP_STRIDES):
+        x = tap[0].float()
+        c, h, w = x.shape
+        factor = stride // HYPERCOLUMN_STRIDE
+        part = (components[:, start:start + c] @ x.reshape(c, h * w)).reshape(1, -1, h, w)
+        projected += upsample_aligned(part, factor, size)
+        square_norm += upsampled_square_norm(x, factor, size)
+        start += c
+    y = projected[0] / square_norm.sqrt().clamp_min(1e-12) - (components @ mean)[:, None, None]
+    if projection.whiten:
+        y = y / scale[:, None, None]
+    return torch.nn.functional.normalize(y, p=2, dim=0).contiguous()

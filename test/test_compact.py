@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from ros2_s2dhm.compact_descriptors import dequantize_int8, project_map, quantize_int8
+from ros2_s2dhm.compact_descriptors import (dequantize_int8, project_map, project_taps,
+                                            quantize_int8, upsampled_square_norm)
 from ros2_s2dhm.features.pca import PCA
 from ros2_s2dhm.features.preprocess import prepare_image
 from ros2_s2dhm.matching import MatcherConfig, match_sparse_to_dense, pool_map
@@ -44,6 +45,37 @@ def test_projection_keeps_the_ratio_test_decisions():
                                   MatcherConfig(coarse_factor=1))
         assert m.valid.tolist() == [[True, False]]
         assert m.query_uv[0, 0].round().tolist() == [12.0, 10.0]
+
+
+@pytest.mark.parametrize("factor,shape,size", [(1, (3, 7, 9), (7, 9)), (2, (5, 4, 6), (9, 13)),
+                                               (4, (6, 3, 5), (13, 21)), (2, (2, 1, 1), (3, 2))])
+def test_upsampled_square_norm_equals_the_norm_of_the_upsampled_map(factor, shape, size):
+    """Neighbour inner products give the squared norm of the bilinear upsampling, edge rows
+    and the replicated padding included."""
+    from ros2_s2dhm.features.backbone import upsample_aligned
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(factor))
+    direct = upsample_aligned(x[None], factor, size)[0].square().sum(0)
+    torch.testing.assert_close(upsampled_square_norm(x, factor, size), direct, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_projecting_the_taps_equals_projecting_the_hypercolumn(whiten):
+    """The query's fused projection is the map's: project_map of the normalised hypercolumn."""
+    from ros2_s2dhm.features.backbone import S2DHMNetwork, hypercolumn_from_taps
+
+    net = S2DHMNetwork().eval()
+    with torch.no_grad():
+        taps = net.taps(torch.randn(1, 3, 100, 140, generator=torch.Generator().manual_seed(0)))
+        hyper = hypercolumn_from_taps(taps)[0]
+    samples = hyper.reshape(hyper.shape[0], -1).T[::3]
+    projection = PCA.fit(samples, dim=32, whiten=whiten).rounded_to_half()
+    expected = project_map(projection, hyper)
+    fused = project_taps(projection, taps)
+    assert fused.shape == expected.shape == (32, 25, 35)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="4 taps have 1792 channels"):
+        project_taps(projection, taps[1:])
 
 
 def test_pool_map_keeps_the_stride_convention():

@@ -24,7 +24,7 @@ from ros2_s2dhm.features.backbone import (
     DETAIL_STRIDE,
     TAP_CHANNELS,
     TAP_STRIDES,
-    _upsample_aligned,
+    upsample_aligned,
     hypercolumn_from_taps,
 )
 
@@ -106,14 +106,14 @@ def test_hypercolumn_upsampling_keeps_pixel_centres():
     # A stride-8 map linear in its column index c must become linear in the stride-4 index j
     # with c = (j + 0.5) / 2 - 0.5 (interior), edge-replicated up to the stride-4 size.
     coarse = torch.arange(8.0).expand(1, 1, 4, 8)
-    up = _upsample_aligned(coarse, 2, (9, 17))
+    up = upsample_aligned(coarse, 2, (9, 17))
     assert up.shape == (1, 1, 9, 17)
     j = torch.arange(1, 15, dtype=torch.float32)
     torch.testing.assert_close(up[0, 0, 0, 1:15], (j + 0.5) / 2 - 0.5)
     torch.testing.assert_close(up[0, 0, :, 16], torch.full((9,), 7.0))
     coarse16 = torch.arange(4.0).expand(1, 1, 2, 4)
     j = torch.arange(2, 14, dtype=torch.float32)
-    torch.testing.assert_close(_upsample_aligned(coarse16, 4, (9, 17))[0, 0, 0, 2:14],
+    torch.testing.assert_close(upsample_aligned(coarse16, 4, (9, 17))[0, 0, 0, 2:14],
                                (j + 0.5) / 4 - 0.5)
 
 

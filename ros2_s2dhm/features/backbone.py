@@ -36,14 +36,17 @@ NUM_ENCODER_LAYERS = 29              # features[:-2] of VGG-16
 
 @dataclass
 class NetworkOutput:
-    """hypercolumn [B, 2048, H//4, W//4] float32, unit L2 norm per pixel;
+    """hypercolumn [B, 2048, H//4, W//4] float32, unit L2 norm per pixel (None when not asked
+    for: then ``taps`` holds its five sources, [B, C_t, H//s_t, W//s_t] at TAP_STRIDES s_t,
+    for ``compact_descriptors.project_taps``);
     global_descriptor [B, K*512] float32, unit L2 norm;
     detail [B, 128, H//2, W//2] float32, relu2_2 with unit L2 norm per pixel (pixel u of the
     input at (u + 0.5) / 2 - 0.5), None when not asked for."""
 
-    hypercolumn: torch.Tensor
+    hypercolumn: torch.Tensor | None
     global_descriptor: torch.Tensor
     detail: torch.Tensor | None = None
+    taps: list[torch.Tensor] | None = None
 
 
 def build_encoder() -> nn.Sequential:
@@ -51,7 +54,7 @@ def build_encoder() -> nn.Sequential:
     return nn.Sequential(*list(make_layers(cfgs["D"], batch_norm=False))[:NUM_ENCODER_LAYERS])
 
 
-def _upsample_aligned(x: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+def upsample_aligned(x: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling by an integer ``factor`` that keeps the pixel-centre convention
     u_fine = (u_coarse + 0.5) * factor - 0.5 exact, then edge-replicates to ``size``
     (VGG's floor pooling makes coarse maps up to factor-1 pixels short)."""
@@ -75,7 +78,7 @@ def hypercolumn_from_taps(taps: list[torch.Tensor]) -> torch.Tensor:
     coarse channels by up to a few pixels; this is the geometrically consistent variant.)
     """
     size = tuple(taps[0].shape[-2:])
-    columns = [_upsample_aligned(tap.float(), stride // HYPERCOLUMN_STRIDE, size)
+    columns = [upsample_aligned(tap.float(), stride // HYPERCOLUMN_STRIDE, size)
                for tap, stride in zip(taps, TAP_STRIDES)]
     return F.normalize(torch.cat(columns, dim=1), p=2, dim=1)
 
@@ -138,11 +141,13 @@ class S2DHMNetwork(nn.Module):
         return self._encode(images, with_conv5_3=False, autocast_bf16=autocast_bf16)[0]
 
     def forward(self, images: torch.Tensor, autocast_bf16: bool | None = None,
-                detail: bool = True) -> NetworkOutput:
+                detail: bool = True, hypercolumn: bool = True) -> NetworkOutput:
         """images [B, 3, H, W] ImageNet-normalised -> :class:`NetworkOutput` (one encoder pass);
-        ``detail`` False skips normalising the detail tap (a map without that level)."""
+        ``detail`` False skips normalising the detail tap (a map without that level);
+        ``hypercolumn`` False returns the taps instead of assembling the hypercolumn."""
         taps, conv5_3, relu2_2 = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
-        return NetworkOutput(hypercolumn=hypercolumn_from_taps(taps),
+        return NetworkOutput(hypercolumn=hypercolumn_from_taps(taps) if hypercolumn else None,
+                             taps=None if hypercolumn else taps,
                              global_descriptor=self.netvlad(conv5_3.float()),
                              detail=F.normalize(relu2_2.float(), p=2, dim=1) if detail else None)
 

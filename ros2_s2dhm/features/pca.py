@@ -92,15 +92,16 @@ class PCA:
         if t.shape[-1] != self.input_dim:
             raise ValueError(f"PCA.transform: expected last dimension {self.input_dim}, "
                              f"got shape {tuple(t.shape)}")
-        mean, components, scale = self._on(t.device)
+        mean, components, scale = self.tensors(t.device)
         y = t @ components.T - mean @ components.T  # no centred copy of a large input
         if self.whiten:
             y = y / scale
         y = F.normalize(y, p=2, dim=-1)
         return y if is_torch else y.numpy()
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """mean, components and whitening scale as tensors on ``device``, uploaded once."""
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean [D], components [d, D] and whitening scale [d] (the square roots of the
+        explained variances) as float32 tensors on ``device``, uploaded once."""
         cache = self.__dict__.setdefault("_tensors", {})
         if device not in cache:
             cache[device] = (torch.from_numpy(np.array(self.mean)).to(device),
