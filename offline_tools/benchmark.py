@@ -2,7 +2,7 @@
 
     benchmark [--dataset DIR [--map MAP]] [--weights W] [--devices cpu,cuda]
               [--queries N] [--warmup W] [--out FILE] [localizer options: --image-size S --top-k K ...]
-              [--scale-references N [N ...]]
+              [--scale-references N [N ...]] [--backbone-variants NAME [NAME ...] | all]
 
 Without ``--dataset`` it generates a small synthetic set (RobotCar Seasons layout) and
 builds its map in ``--work-dir`` (a temporary folder by default); with ``--dataset`` but
@@ -32,6 +32,17 @@ Scale mode (``--scale-references 7000``): the map is replicated on disk to N ima
 (``reference_map.replicate_map``, in ``--work-dir``), then for each N the tool measures the
 time to open it (map + localizer, the node's start-up), the resident memory after opening
 and after the timed queries, and the per-stage query times on the first device.
+
+Backbone-variants mode (``--backbone-variants all``, or names from
+``ros2_s2dhm.features.backbone_variants.VARIANTS``: fp32 channels_last bf16_autocast compile
+onnxruntime int8): on the CPU, each variant of the network's encoder pass is (a) timed alone on
+the warm-up and timed queries at the localizer's image size (first call apart: compilation;
+median and p90 over the timed queries) and (b) run in the whole localizer on the same queries;
+its final poses are compared query by query with the fp32 variant's (always run first), over the
+queries both localized. ``int8`` is calibrated on a few reference images of the dataset. A
+variant that cannot run here (a compiler or package missing) shows its error in its row; one
+slower than ``--variant-budget-s`` per phase runs fewer queries (its row says how many). Printed
+as a table, written under ``backbone_variants`` in the JSON.
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +61,12 @@ import torch
 from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.datasets.synthetic import generate_synthetic
 from ros2_s2dhm.errors import S2DHMError
+from ros2_s2dhm.evaluation import backbone_timing
 from ros2_s2dhm.evaluation import report as rep
 from ros2_s2dhm.evaluation.run import evaluate_queries
+from ros2_s2dhm.features import backbone_variants
 from ros2_s2dhm.features.checkpoints import load_network
+from ros2_s2dhm.features.preprocess import prepare_image
 from ros2_s2dhm.localizer import LocalizerConfig
 from ros2_s2dhm.map_builder import MapBuildConfig, build_reference_map
 from ros2_s2dhm.runtime import build_localizer
@@ -86,6 +101,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="contention mode: time the CPU queries again beside N busy processes "
                         "(one per core: the CPU shared with drivers, planners, SLAM) and report "
                         "every stage idle and contended")
+    p.add_argument("--backbone-variants", nargs="+", default=[], metavar="NAME",
+                   help="time these ways of running the network on the CPU and compare their poses "
+                        f"with fp32's: {' '.join(backbone_variants.VARIANTS)} or all")
+    p.add_argument("--variant-budget-s", type=float, default=600.0, metavar="S",
+                   help="wall time per variant and phase (forward, localizer) after which a slow "
+                        "variant runs no more queries (default %(default)s)")
+    p.add_argument("--calibration-images", type=int, default=8, metavar="N",
+                   help="reference images that calibrate the int8 variant (default %(default)s)")
     p.add_argument("--no-yardstick", action="store_true",
                    help="skip the yardstick (torchvision VGG-16 features[:29], fp32, 512x384)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -269,22 +292,75 @@ def prepare_map(args, work_dir: Path, build_device: str):
     return dataset, map_dir
 
 
-def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:
-    """Time the localizer on ``device``; returns the per-device JSON entry."""
-    localizer, info = build_localizer(map_dir, args.weights, device, **localizer_options(args))
+def time_queries(localizer, warm: list, timed: list, images: dict, label: str,
+                 progress: bool = False) -> tuple[list, dict]:
+    """Localize the warm-up queries (untimed), then the timed ones: (their outcomes, summary
+    ``{"queries", "localized", "stages", "cascade"}``)."""
     evaluate_queries(localizer, warm, images.__getitem__, progress=False)
-    outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=not args.quiet)
-    stages = rep.summarize_timings([o.timings_ms for o in outcomes])
-    cascade = rep.cascade_expansion(outcomes, localizer.config.cascade_batch, localizer.config.top_k)
+    outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=progress)
     localized = sum(o.success for o in outcomes)
     if localized < len(outcomes):
         log.warning("%s: %d of %d queries failed; their later stages (pnp, refine) are missing "
-                    "from the medians", device, len(outcomes) - localized, len(outcomes))
-    total = stages.get("total", {}).get("median", float("nan"))
-    return {"name": device_name(device), "image_size": localizer.image_size,
-            "queries": len(outcomes), "localized": localized,
-            "hz_median": 1e3 / total if total > 0 else None, "stages": stages,
-            "cascade": cascade, "weights": rep.describe_weights(info)}
+                    "from the medians", label, len(outcomes) - localized, len(outcomes))
+    return outcomes, {
+        "queries": len(outcomes), "localized": localized,
+        "stages": rep.summarize_timings([o.timings_ms for o in outcomes]),
+        "cascade": rep.cascade_expansion(outcomes, localizer.config.cascade_batch,
+                                         localizer.config.top_k)}
+
+
+def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:
+    """Time the localizer on ``device``; returns the per-device JSON entry."""
+    localizer, info = build_localizer(map_dir, args.weights, device, **localizer_options(args))
+    _, summary = time_queries(localizer, warm, timed, images, device, progress=not args.quiet)
+    total = summary["stages"].get("total", {}).get("median", float("nan"))
+    return {"name": device_name(device), "image_size": localizer.image_size, **summary,
+            "hz_median": 1e3 / total if total > 0 else None,
+            "weights": rep.describe_weights(info)}
+
+
+def benchmark_backbone_variants(args, dataset, map_dir: Path, warm: list, timed: list,
+                                images: dict) -> list[dict]:
+    """``--backbone-variants``: per variant, the forward alone on the queries' network inputs,
+    then the localizer with it on the same queries; poses compared with fp32's (JSON rows)."""
+    names = backbone_variants.resolve_variant_names(args.backbone_variants)
+    localizer, _ = build_localizer(map_dir, args.weights, "cpu", **localizer_options(args))
+    network, size, budget = localizer.network, localizer.image_size, args.variant_budget_s
+    inputs = [prepare_image(images[q.path], size)[0] for q in warm + timed]
+    options = backbone_timing.localizer_call_options(localizer, images[timed[0].path], timed[0].camera)
+    calibration = None
+    if "int8" in names:
+        refs = pick_queries(dataset.references, args.calibration_images, 0)[1]
+        calibration = [prepare_image(read_image(r.path), size)[0] for r in refs]
+    rows, reference = [], {}
+    for name in names:
+        log.info("backbone variant %s", name)
+        try:
+            t0 = time.perf_counter()
+            variant = backbone_variants.build_variant(name, network, calibration or inputs[:1])
+            build_s = time.perf_counter() - t0
+            forward = backbone_timing.time_forward(variant, inputs, len(warm), budget, **options)
+        except backbone_variants.VariantUnavailable as err:
+            if name == backbone_variants.REFERENCE:
+                raise
+            log.warning("backbone variant %s not run: %s", name, err)
+            rows.append({"variant": name, "image_size": size, "error": str(err)})
+            continue
+        # a variant too slow for the budget: no warm-ups (timing warmed it), fewer queries
+        fits = max(1, int(1e3 * budget / forward["median"]))
+        run_warm, run_timed = (warm, timed) if len(warm) + len(timed) <= fits else ([], timed[:fits])
+        localizer.network = variant
+        try:
+            outcomes, run = time_queries(localizer, run_warm, run_timed, images, name,
+                                         progress=not args.quiet)
+        finally:
+            localizer.network = network
+        if name == backbone_variants.REFERENCE:
+            reference = {"forward": forward, "outcomes": outcomes}
+        deltas = backbone_timing.pose_deltas(reference["outcomes"], outcomes)
+        rows.append({**backbone_timing.variant_row(name, build_s, forward, reference["forward"],
+                                                   run, deltas), "image_size": size})
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -303,6 +379,8 @@ def run(args: argparse.Namespace) -> dict:
                 contended = benchmark_device(args, "cpu", map_dir, warm, timed, images)
         scale = (benchmark_scale(args, devices[0], map_dir, work_dir, warm, timed, images)
                  if args.scale_references else [])
+        variants = (benchmark_backbone_variants(args, dataset, map_dir, warm, timed, images)
+                    if args.backbone_variants else [])
     content = {
         "dataset": str(args.dataset) if args.dataset else f"synthetic {args.synthetic_size} seed {args.seed}",
         "map": str(args.map) if args.map else "built by the benchmark",
@@ -313,6 +391,8 @@ def run(args: argparse.Namespace) -> dict:
         content["scale"] = {"device": devices[0], "maps": scale}
     if contended is not None:
         content["contended"] = {"busy_processes": args.busy, "cpu": contended}
+    if variants:
+        content["backbone_variants"] = variants
     yardstick = None if args.no_yardstick else yardstick_ms()
     content["yardstick_ms"] = yardstick
     content["threads"] = torch.get_num_threads()
@@ -337,6 +417,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{d}: " + rep.format_cascade_expansion(r["cascade"]))
     if scale:
         print(f"\nscale ({devices[0]}):\n" + format_scale_table(scale))
+    if variants:
+        print(f"\nbackbone variants (cpu, {torch.get_num_threads()} threads, image size "
+              f"{variants[0]['image_size']}):\n" + backbone_timing.format_variants_table(variants))
     print(f"written to {args.out}")
     return content
 

@@ -140,12 +140,26 @@ class S2DHMNetwork(nn.Module):
         (256, 256, 512, 512, 512) channels; stops before conv5_3 (for training)."""
         return self._encode(images, with_conv5_3=False, autocast_bf16=autocast_bf16)[0]
 
+    def encode(self, images: torch.Tensor, autocast_bf16: bool | None = None
+               ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The encoder pass of :meth:`forward`: images [B, 3, H, W] -> (5 taps at TAP_STRIDES
+        with TAP_CHANNELS, conv5_3 [B, 512, H//16, W//16], relu2_2 [B, 128, H//2, W//2]), raw
+        activations in the pass's dtype. ``backbone_variants`` replace this pass only."""
+        taps, conv5_3, relu2_2 = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
+        return taps, conv5_3, relu2_2
+
     def forward(self, images: torch.Tensor, autocast_bf16: bool | None = None,
                 detail: bool = True, hypercolumn: bool = True) -> NetworkOutput:
         """images [B, 3, H, W] ImageNet-normalised -> :class:`NetworkOutput` (one encoder pass);
         ``detail`` False skips normalising the detail tap (a map without that level);
         ``hypercolumn`` False returns the taps instead of assembling the hypercolumn."""
-        taps, conv5_3, relu2_2 = self._encode(images, with_conv5_3=True, autocast_bf16=autocast_bf16)
+        return self.head(*self.encode(images, autocast_bf16), detail=detail, hypercolumn=hypercolumn)
+
+    def head(self, taps: list[torch.Tensor], conv5_3: torch.Tensor, relu2_2: torch.Tensor,
+             detail: bool = True, hypercolumn: bool = True) -> NetworkOutput:
+        """The rest of :meth:`forward`: the outputs of :meth:`encode` -> :class:`NetworkOutput`
+        (hypercolumn, NetVLAD and detail computed in float32, taps passed as given); ``detail``
+        and ``hypercolumn`` as in :meth:`forward`."""
         return NetworkOutput(hypercolumn=hypercolumn_from_taps(taps) if hypercolumn else None,
                              taps=None if hypercolumn else taps,
                              global_descriptor=self.netvlad(conv5_3.float()),
