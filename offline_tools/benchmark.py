@@ -325,7 +325,8 @@ def benchmark_backbone_variants(args, dataset, map_dir: Path, warm: list, timed:
     then the localizer with it on the same queries; poses compared with fp32's (JSON rows)."""
     names = backbone_variants.resolve_variant_names(args.backbone_variants)
     localizer, _ = build_localizer(map_dir, args.weights, "cpu", **localizer_options(args))
-    network, size, budget = localizer.network, localizer.image_size, args.variant_budget_s
+    network, size, budget = localizer.model, localizer.image_size, args.variant_budget_s
+    runner = localizer.network  # what the localizer runs at its backbone_runtime
     inputs = [prepare_image(images[q.path], size)[0] for q in warm + timed]
     options = backbone_timing.localizer_call_options(localizer, images[timed[0].path], timed[0].camera)
     calibration = None
@@ -354,7 +355,7 @@ def benchmark_backbone_variants(args, dataset, map_dir: Path, warm: list, timed:
             outcomes, run = time_queries(localizer, run_warm, run_timed, images, name,
                                          progress=not args.quiet)
         finally:
-            localizer.network = network
+            localizer.network = runner
         if name == backbone_variants.REFERENCE:
             reference = {"forward": forward, "outcomes": outcomes}
         deltas = backbone_timing.pose_deltas(reference["outcomes"], outcomes)

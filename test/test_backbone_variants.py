@@ -173,3 +173,43 @@ def test_time_forward_times_the_first_call_apart_and_keeps_to_its_budget(monkeyp
     costs.clear()
     timing = backbone_timing.time_forward(variant, inputs, 0, detail=False)  # an extra first call
     assert costs == [0, 0, 1, 2, 3, 4] and timing["count"] == 5 and timing["first_ms"] == 10000.0
+
+
+def test_localizer_runs_its_backbone_runtime_and_switches_it(tiny_map_dir, random_network):
+    """backbone_runtime: the CPU localizer calls the exported graph (onnxruntime, the default)
+    or the torch network; both give the same matching features; an unusable runtime falls
+    back to torch with a warning, an unknown one is refused."""
+    import dataclasses
+
+    import numpy as np
+
+    from ros2_s2dhm.datasets.synthetic.generate import default_camera
+    from ros2_s2dhm.localizer import Localizer, LocalizerConfig
+    from ros2_s2dhm.reference_map import ReferenceMap
+
+    net, info = random_network
+    loc = Localizer(net, ReferenceMap.load(tiny_map_dir, info.sha256), LocalizerConfig(image_size=128))
+    assert LocalizerConfig().backbone_runtime == "onnxruntime"
+    assert isinstance(loc.network, bv.OnnxRuntimeVariant) and loc.model is net
+    camera = default_camera(128, 96)
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    exported = loc.features(image, camera)
+    loc.configure(dataclasses.replace(loc.config, backbone_runtime="torch"))
+    assert loc.network is net
+    eager = loc.features(image, camera)
+    assert float((exported.fine - eager.fine).abs().max()) < 1e-4
+    assert float((exported.global_descriptor - eager.global_descriptor).abs().max()) < 1e-4
+    with pytest.raises(bv.UnknownVariantError, match="unknown backbone runtime 'tensorrt'"):
+        bv.runtime_network(net, "tensorrt", "cpu")
+    assert bv.runtime_network(net, "onnxruntime", "meta") is net  # off the CPU: the network
+
+
+def test_unusable_onnxruntime_falls_back_to_torch(network, monkeypatch, caplog):
+    def fail(*args, **kwargs):
+        raise bv.VariantUnavailable("onnxruntime is not installed: test")
+
+    monkeypatch.setattr(bv, "export_onnx", fail)
+    fresh = S2DHMNetwork().eval()
+    with caplog.at_level("WARNING"):
+        assert bv.runtime_network(fresh, "onnxruntime", "cpu") is fresh
+    assert "onnxruntime unavailable, running torch: onnxruntime is not installed" in caplog.text

@@ -40,6 +40,7 @@ import io
 import logging
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from torch import nn
 from ros2_s2dhm.errors import S2DHMError
 from ros2_s2dhm.features.backbone import NetworkOutput, S2DHMNetwork
 
-__all__ = ["VARIANTS", "REFERENCE", "BackboneVariant", "ChannelsLastVariant", "Bf16AutocastVariant",
+__all__ = ["VARIANTS", "REFERENCE", "RUNTIMES", "runtime_network", "BackboneVariant", "ChannelsLastVariant", "Bf16AutocastVariant",
            "CompiledVariant", "OnnxRuntimeVariant", "Int8Variant", "UnknownVariantError",
            "VariantUnavailable", "build_variant", "resolve_variant_names", "TapEncoder",
            "export_onnx", "quantize_int8"]
@@ -328,3 +329,27 @@ def build_variant(name: str, network: S2DHMNetwork,
         raise UnknownVariantError(f"unknown backbone variant {name!r}; known: {', '.join(VARIANTS)}")
     network.eval()
     return VARIANTS[name](network, calibration).eval()
+
+
+#: How a localizer on the CPU runs the encoder pass (``LocalizerConfig.backbone_runtime``).
+RUNTIMES = ("torch", "onnxruntime")
+_EXPORTS: "weakref.WeakKeyDictionary[S2DHMNetwork, bytes]" = weakref.WeakKeyDictionary()
+logger = logging.getLogger(__name__)
+
+
+def runtime_network(network: S2DHMNetwork, runtime: str, device) -> nn.Module:
+    """The module a localizer calls for ``network`` (called like it): the network itself for
+    ``torch`` or off the CPU; for ``onnxruntime`` an :class:`OnnxRuntimeVariant`, its export
+    made once per network object (a few seconds) and kept while the network lives. When
+    onnxruntime cannot run here the network itself is returned, with a warning naming why."""
+    if runtime not in RUNTIMES:
+        raise UnknownVariantError(f"unknown backbone runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if runtime == "torch" or torch.device(device).type != "cpu":
+        return network
+    try:
+        if network not in _EXPORTS:
+            _EXPORTS[network] = export_onnx(network)
+        return OnnxRuntimeVariant(network, _EXPORTS[network]).eval()
+    except VariantUnavailable as err:
+        logger.warning("backbone runtime onnxruntime unavailable, running torch: %s", err)
+        return network
