@@ -77,6 +77,14 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _row_index(index, length: int) -> np.ndarray:
+    """A row index (int, index array, slice or boolean mask) of ``length`` rows as an array."""
+    if isinstance(index, slice):
+        return np.arange(length)[index]
+    idx = np.asarray(index)
+    return np.flatnonzero(idx) if idx.dtype == bool else idx
+
+
 class NpyRows:
     """A ``.npy`` array [N, ...] on disk whose rows are read on demand (``os.pread``).
 
@@ -126,11 +134,7 @@ class NpyRows:
         return np.frombuffer(data, self.dtype).reshape(self.row_shape)
 
     def __getitem__(self, index) -> np.ndarray:
-        if isinstance(index, slice):
-            index = np.arange(len(self))[index]
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
+        idx = _row_index(index, len(self))
         if not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"NpyRows index must be integers, a slice or a mask, got {idx.dtype}")
         flat = np.where(idx < 0, idx + len(self), idx).reshape(-1)
@@ -169,11 +173,7 @@ class WorldPoints:
         return len(self.shape)
 
     def __getitem__(self, index) -> np.ndarray:
-        if isinstance(index, slice):
-            index = np.arange(len(self))[index]
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
+        idx = _row_index(index, len(self))
         flat = idx.reshape(-1)
         local = np.asarray(self.camera_rows[flat], np.float64)
         out = np.empty_like(local)
