@@ -88,11 +88,14 @@ class _Projections:
 
     def compress(self, part: dict) -> dict:
         """Replace a part's full descriptors (fp16 ``descriptors_full`` [M,C], fp32
-        ``detail_full`` [M,128]) by int8 codes and scales: ``descriptors``/``scales``, ``detail``/``detail_scales``."""
-        full = {k: torch.from_numpy(part.pop(k)).float() for k in ("descriptors_full", "detail_full")}
-        detail = full["detail_full"] if self.detail is None else self.detail.transform(full["detail_full"])
-        for (codes, scales), x in ((("descriptors", "scales"), self.matching.transform(full["descriptors_full"])),
-                                   (("detail", "detail_scales"), detail)):
+        ``detail_full`` [M,128]) by int8 codes and float16 scales: ``descriptors`` and
+        ``scales``, ``detail`` and ``detail_scales``."""
+        matching = self.matching.transform(torch.from_numpy(part.pop("descriptors_full")).float())
+        detail = torch.from_numpy(part.pop("detail_full")).float()
+        if self.detail is not None:
+            detail = self.detail.transform(detail)
+        for codes, scales, x in (("descriptors", "scales", matching),
+                                 ("detail", "detail_scales", detail)):
             q, scale = quantize_int8(x)
             part[codes], part[scales] = q.numpy(), scale.numpy()
         return part
