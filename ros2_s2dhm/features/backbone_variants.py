@@ -218,7 +218,8 @@ def _ort():
 
 class OnnxRuntimeVariant(BackboneVariant):
     """The exported encoder (:func:`export_onnx`, one image per call) in an onnxruntime CPU
-    session with as many intra-op threads as torch uses; the head stays torch. Inputs on
+    session with as many intra-op threads as torch uses, which do not spin-wait between runs;
+    the head stays torch. Inputs on
     another device are copied to the CPU and the outputs back."""
 
     name = "onnxruntime"
@@ -231,6 +232,9 @@ class OnnxRuntimeVariant(BackboneVariant):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # no spin-waiting after a run: the localizer's torch stages follow at once on the same
+        # cores, and a CPU shared with other processes loses more to spinning threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
         try:
             self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
