@@ -1,5 +1,6 @@
 """The full localizer on a small rendered scene (random network: no weights can be downloaded)."""
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -271,3 +272,27 @@ def test_small_op_stages_run_on_small_op_threads(tiny_map_dir, random_network, s
     with cpu_threads(3):
         assert torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
+
+
+def test_references_verified_in_parallel_give_what_one_after_another_gives(tiny_map_dir,
+                                                                         random_network, scene):
+    """verify_threads: the RANSAC-PnP of a batch's references runs in a thread pool; every
+    hypothesis' pose, inliers, score and reason are those of the sequential run."""
+    net, info = random_network
+    world, camera = scene
+    image, _ = render_view(world, street_pose(6.0), camera)
+    ref_map = ReferenceMap.load(tiny_map_dir, info.sha256)
+    runs = []
+    for threads in (1, 3):
+        loc = Localizer(net, ref_map, dataclasses.replace(_config(), top_k=6, verify_threads=threads))
+        qf = loc.features(image, camera)
+        hyps = loc.retrieve(qf)[:6]
+        loc.match(qf, hyps)
+        loc.verify(qf, hyps)
+        runs.append(hyps)
+    assert sum(h.verified for h in runs[0]) >= 2 and isinstance(loc._pool[0], ThreadPoolExecutor)
+    for a, b in zip(*runs):
+        assert (a.reference, a.reason, a.score) == (b.reference, b.reason, b.score)
+        assert np.array_equal(a.inliers, b.inliers)
+        assert (a.pose is None and b.pose is None) or (np.array_equal(a.pose.R, b.pose.R)
+                                                       and np.array_equal(a.pose.t, b.pose.t))
