@@ -201,9 +201,12 @@ def test_global_index_whitens_and_ranks_as_the_localizer():
     white = fit_global_index(refs, pca_dim=1024, whiten=True, hub_neighbours=3)
     plain = fit_global_index(refs, pca_dim=1024, whiten=False, hub_neighbours=3)
     assert white.pca.whiten and white.descriptors.shape == (n, n - 1)
-    sims = white.descriptors @ white.descriptors.T  # N - 1 whitened dims: a regular simplex
-    off = sims[~np.eye(n, dtype=bool)]
-    assert np.allclose(off, off.mean(), atol=1e-4) and np.ptp(white.neighbour_similarity) < 1e-4
+    # N - 1 whitened dims: a regular simplex, up to the float16 rounding of the stored
+    # components (which moves a projected unit vector by ~5e-4); unwhitened, far from it
+    off_diagonal = ~np.eye(n, dtype=bool)
+    off = (white.descriptors @ white.descriptors.T)[off_diagonal]
+    assert np.allclose(off, off.mean(), atol=1e-3) and np.ptp(white.neighbour_similarity) < 1e-3
+    assert np.ptp((plain.descriptors @ plain.descriptors.T)[off_diagonal]) > 0.1
     top1 = {name: rank_references(index, queries, 5)[:, 0] for name, index in
             (("white", white), ("plain", plain))}
     correct = {name: float((t == np.arange(n)).mean()) for name, t in top1.items()}
