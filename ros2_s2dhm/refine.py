@@ -18,7 +18,7 @@ import torch
 
 from .errors import CameraError
 from .feature_sampling import GRADIENTS, FeatureSampler
-from .geometry import Camera, Pose, pose_error
+from .geometry import Camera, Pose, TorchPose
 from .geometry.lie import skew
 from .options import check_config, option
 
@@ -126,28 +126,34 @@ class FeatureMetricPnP:
         cfg = self.config
         problem = self.problem(pose, points3d, ref_features, query_features, camera, weights)
         evaluate, C = problem.linearize, problem.channels
+        pose = TorchPose.from_pose(pose, problem.points.dtype, problem.points.device)
         cost, cost_valid, n_valid, H, g, penalty = evaluate(pose, None)
+        cost, n_valid = float(cost), int(n_valid)
         history = [cost]
         lam = cfg.lambda_init
         if n_valid < cfg.min_points:
-            return RefineResult(pose, cost, cost, history, 0, "too_few_points", _no_information(), n_valid,
-                                0, lam)
+            return RefineResult(pose.to_pose(), cost, cost, history, 0, "too_few_points", _no_information(),
+                                n_valid, 0, lam)
         reason, iterations, accepted = "max_iterations", 0, 0
         for iterations in range(1, cfg.max_iterations + 1):
+            # the pose and the step stay on the device; one read of 5 scalars decides the step
             diag = torch.diagonal(H)
-            damping = torch.diag(lam * diag.clamp_min(1e-9 * float(diag.max().clamp_min(1e-30))))
+            damping = torch.diag(lam * diag.clamp_min(1e-9 * diag.max().clamp_min(1e-30)))
             delta, info = torch.linalg.solve_ex(H + damping, -g)
-            delta_np = delta.detach().cpu().numpy().astype(np.float64)
-            if int(info) != 0 or not np.all(np.isfinite(delta_np)):
+            solved = (info == 0) & torch.isfinite(delta).all()
+            candidate = TorchPose.exp(torch.where(solved, delta, torch.zeros_like(delta)).to(pose.t.dtype)) @ pose
+            step_t, step_r = candidate.error_to(pose)
+            new = evaluate(candidate, penalty)
+            ok, new_cost, new_valid, step_t, step_r = torch.stack(
+                [solved.to(new[0].dtype), new[0], new[2].to(new[0].dtype), step_t, step_r]).tolist()
+            if not ok:
                 reason = "lambda_max"
                 break
-            candidate = Pose.exp(delta_np) @ pose
-            step_t, step_r = pose_error(candidate, pose)
             small_step = step_r < cfg.tol_rotation_deg and step_t < cfg.tol_translation_m
-            new = evaluate(candidate, penalty)
-            if new[0] < cost and new[2] >= cfg.min_points:
-                relative = (cost - new[0]) / max(cost, 1e-30)
-                pose, (cost, cost_valid, n_valid, H, g, _) = candidate, new
+            if new_cost < cost and new_valid >= cfg.min_points:
+                relative = (cost - new_cost) / max(cost, 1e-30)
+                pose, (_, cost_valid, n_valid, H, g, _) = candidate, new
+                cost, n_valid = new_cost, int(new_valid)
                 history.append(cost)
                 accepted += 1
                 lam = max(lam / cfg.lambda_factor, cfg.lambda_min)
@@ -165,8 +171,9 @@ class FeatureMetricPnP:
                 if lam > cfg.lambda_max:
                     reason = "lambda_max"
                     break
-        covariance = _covariance(H, cost_valid, n_valid * C - 6)
-        return RefineResult(pose, history[0], cost, history, iterations, reason, covariance, n_valid, accepted, lam)
+        covariance = _covariance(H, float(cost_valid), n_valid * C - 6)
+        return RefineResult(pose.to_pose(), history[0], cost, history, iterations, reason, covariance, n_valid,
+                            accepted, lam)
 
     def problem(self, pose: Pose, points3d: torch.Tensor, ref_features: torch.Tensor,
                 query_features: torch.Tensor, camera: Camera,
@@ -220,18 +227,21 @@ class _Problem:
         self.channels = sampler.C
         self.eye3 = torch.eye(3, dtype=points.dtype, device=points.device)
 
-    def _residuals(self, pose: Pose):
+    def _pose(self, pose: Pose | TorchPose) -> TorchPose:
+        return pose if isinstance(pose, TorchPose) else TorchPose.from_pose(
+            pose, self.points.dtype, self.points.device)
+
+    def _residuals(self, pose: Pose | TorchPose):
         """Camera points [N, 3], d uv / d p_cam [N, 2, 3], residuals [N, C], feature
         gradients [N, C, 2] and valid [N] (inside the map, depth, distortion range), from one
-        projection."""
-        R, t = pose.to_torch(self.points.dtype, self.points.device)
-        p_cam = self.points @ R.T + t
+        projection at an unbatched pose (a host :class:`Pose` is copied to the device)."""
+        p_cam = self._pose(pose).transform(self.points)
         uv, J_proj, projectable = self.camera.project_jacobian(p_cam)
         values, grad, valid = self.sampler(uv)
         valid = valid & projectable  # depth, distortion range
         return p_cam, J_proj, values - self.ref, grad, valid
 
-    def residual_scale(self, pose: Pose, factor: float) -> float:
+    def residual_scale(self, pose: Pose | TorchPose, factor: float) -> float:
         """``factor`` x the median residual norm of the valid points (the fixed scale when
         none is valid)."""
         _, _, r, _, valid = self._residuals(pose)
@@ -239,10 +249,10 @@ class _Problem:
             return self.scale
         return max(float(r.norm(dim=-1)[valid].median()) * factor, 1e-9)
 
-    def linearize(self, pose: Pose, penalty: float | None):
-        """Cost, valid-point cost, #valid, Hessian J^T W J [6, 6], gradient J^T W r [6] (half
-        the derivative of the cost along the left twist) and the penalty of a point that
-        leaves the map (set by the first call: pass None)."""
+    def linearize(self, pose: Pose | TorchPose, penalty: torch.Tensor | None):
+        """Cost, valid-point cost, #valid (0-d tensors on the device), Hessian J^T W J [6, 6],
+        gradient J^T W r [6] (half the derivative of the cost along the left twist) and the
+        penalty of a point that leaves the map (0-d; set by the first call: pass None)."""
         dtype = self.points.dtype
         p_cam, J_proj, r, grad, valid = self._residuals(pose)
         e = (r * r).sum(-1).to(dtype)
@@ -250,10 +260,11 @@ class _Problem:
         if self.weights is not None:
             rho, w = self.weights * rho, self.weights * w
         zero = torch.zeros_like(rho)
-        n_valid = int(valid.sum())
-        cost_valid = float(torch.where(valid, rho, zero).sum())
-        if penalty is None:
-            penalty = float(torch.where(valid, rho, zero).max()) if n_valid else 0.0
+        n_valid = valid.sum()
+        valid_rho = torch.where(valid, rho, zero)
+        cost_valid = valid_rho.sum()
+        if penalty is None:  # the largest valid cost (0 when none is valid: rho >= 0)
+            penalty = valid_rho.max() if len(valid_rho) else cost_valid
         cost = cost_valid + (self.points.shape[0] - n_valid) * penalty
         w = torch.where(valid, w, zero)
         A = torch.einsum("nci,ncj->nij", grad, grad).to(dtype)  # [N, 2, 2]

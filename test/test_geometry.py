@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from ros2_s2dhm.errors import CameraError
-from ros2_s2dhm.geometry import Camera, Pose, pose_error
+from ros2_s2dhm.geometry import Camera, Pose, TorchPose, pose_error
 from ros2_s2dhm.geometry.lie import se3_exp, se3_log, skew, so3_exp, so3_log
 from ros2_s2dhm.geometry.pixels import feature_to_image, image_to_feature, scale_pixels
 from ros2_s2dhm.geometry.rotation import (
@@ -143,6 +143,35 @@ def test_pose_error():
     assert dt == pytest.approx(0.5)
     assert dr == pytest.approx(5.0)
     assert pose_error(truth, truth) == pytest.approx((0.0, 0.0), abs=1e-9)
+
+
+def test_torch_pose_batched_matches_the_host_pose():
+    """TorchPose: batched exp, composition, transform, centre and error on tensors agree with
+    the host Pose applied pose by pose; to_pose copies one pose back; bad shapes are refused."""
+    rng = np.random.default_rng(5)
+    xi_a, xi_b = rng.normal(size=(4, 6)) * 0.5, rng.normal(size=(4, 6)) * 0.5
+    a, b = TorchPose.exp(torch.tensor(xi_a)), TorchPose.exp(torch.tensor(xi_b))
+    assert a.shape == (4,)
+    x = rng.normal(size=(4, 7, 3))
+    moved = (a @ b).transform(torch.tensor(x)).numpy()
+    dt, dr = a.error_to(b)
+    for i in range(4):
+        pa, pb = Pose.exp(xi_a[i]), Pose.exp(xi_b[i])
+        np.testing.assert_allclose(moved[i], (pa @ pb).transform(x[i]), atol=1e-12)
+        np.testing.assert_allclose(a.center[i].numpy(), pa.center, atol=1e-12)
+        assert (float(dt[i]), float(dr[i])) == pytest.approx(pose_error(pa, pb), rel=1e-9)
+        one = TorchPose(a.R[i], a.t[i])
+        assert one.shape == () and one.to_pose() == Pose(one.R.numpy(), one.t.numpy())
+        np.testing.assert_allclose(one.transform(torch.tensor(x[i])).numpy(), pa.transform(x[i]), atol=1e-12)
+    host = Pose.exp(xi_a[0])
+    assert TorchPose.from_pose(host).to_pose() == host
+    small = TorchPose.from_pose(Pose.exp([1e-9, 0, 0, 0, 0, 0]))  # accurate near 0
+    assert float(small.error_to(TorchPose.from_pose(Pose.identity()))[1]) == pytest.approx(
+        np.degrees(1e-9), rel=1e-6)
+    with pytest.raises(ValueError, match="unbatched"):
+        a.to_pose()
+    with pytest.raises(ValueError, match="same leading"):
+        TorchPose(a.R, a.t[:2])
 
 
 # --- cameras -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ All models are evaluated as OPENCV (``k1, k2, p1, p2``) on normalised coordinate
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -112,8 +113,9 @@ class Camera:
         """(4,) OpenCV distortion coefficients k1, k2, p1, p2 (zeros for pinhole models)."""
         return self.opencv_params()[4:]
 
-    @property
+    @cached_property
     def has_distortion(self) -> bool:
+        """Any non-zero distortion coefficient (computed once: projections ask every step)."""
         return bool(np.any(self.dist_coeffs != 0))
 
     @property
@@ -146,7 +148,13 @@ class Camera:
 
     # --- torch geometry -----------------------------------------------------------------------
     def _torch_params(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.opencv_params(), dtype=like.dtype, device=like.device)
+        """OpenCV params ``[4 + 4]`` on ``like``'s device and dtype, copied there once per
+        (device, dtype): an iterative solver projecting every step makes no host transfer."""
+        cache = self.__dict__.setdefault("_params_on", {})
+        key = (like.device, like.dtype)
+        if key not in cache:
+            cache[key] = torch.as_tensor(self.opencv_params(), dtype=like.dtype, device=like.device)
+        return cache[key]
 
     @staticmethod
     def _distort(n: torch.Tensor, k: torch.Tensor, jacobian: bool = False):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lie import se3_exp, se3_log
+from .lie import se3_exp, se3_log, so3_log
 from .rotation import matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotation_angle_deg
 
-__all__ = ["Pose", "pose_error"]
+__all__ = ["Pose", "TorchPose", "pose_error"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,3 +122,64 @@ def pose_error(estimate: Pose, truth: Pose) -> tuple[float, float]:
     dt = float(np.linalg.norm(estimate.center - truth.center))
     dr = float(rotation_angle_deg(estimate.R @ truth.R.T))
     return dt, dr
+
+
+@dataclass(frozen=True, eq=False)
+class TorchPose:
+    """World-to-camera poses as torch tensors on one device: ``R [..., 3, 3]``, ``t [..., 3]``.
+
+    The batched, device-resident face of :class:`Pose` for the stages that iterate on a pose
+    (Feature-PnP's Levenberg-Marquardt steps): composing, the exponential map and the step
+    size stay on the tensors' device; :meth:`to_pose` is the one copy back to the host.
+    ``a @ b`` composes (apply ``b`` first), broadcasting over the leading dimensions.
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+
+    def __post_init__(self):
+        if self.R.shape[-2:] != (3, 3) or self.t.shape[-1:] != (3,) or self.R.shape[:-2] != self.t.shape[:-1]:
+            raise ValueError(f"TorchPose expects R [..., 3, 3] and t [..., 3] with the same leading "
+                             f"dimensions, got {tuple(self.R.shape)} and {tuple(self.t.shape)}")
+
+    @classmethod
+    def from_pose(cls, pose: Pose, dtype=torch.float64, device="cpu") -> "TorchPose":
+        """One :class:`Pose` as an unbatched TorchPose (``R [3, 3]``, ``t [3]``)."""
+        return cls(*pose.to_torch(dtype, device))
+
+    @classmethod
+    def exp(cls, xi: torch.Tensor) -> "TorchPose":
+        """SE(3) exponential of twists ``[..., 6]`` (rotation first), on their device."""
+        return cls(*se3_exp(xi))
+
+    @property
+    def shape(self) -> torch.Size:
+        """The leading (batch) dimensions."""
+        return self.t.shape[:-1]
+
+    @property
+    def center(self) -> torch.Tensor:
+        """Camera centres in world coordinates ``[..., 3]`` = ``-R^T t``."""
+        return -(self.R.transpose(-1, -2) @ self.t[..., None])[..., 0]
+
+    def __matmul__(self, other: "TorchPose") -> "TorchPose":
+        if not isinstance(other, TorchPose):
+            return NotImplemented
+        return TorchPose(self.R @ other.R, (self.R @ other.t[..., None])[..., 0] + self.t)
+
+    def transform(self, points: torch.Tensor) -> torch.Tensor:
+        """Apply to points ``[..., N, 3]`` (leading dimensions broadcast with the pose's)."""
+        return points @ self.R.transpose(-1, -2) + self.t[..., None, :]
+
+    def error_to(self, truth: "TorchPose") -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`pose_error` on the device: camera-centre distance ``[...]`` and the angle
+        ``[...]`` (degrees) of ``R R_truth^T``."""
+        dt = (self.center - truth.center).norm(dim=-1)
+        dr = torch.rad2deg(so3_log(self.R @ truth.R.transpose(-1, -2)).norm(dim=-1))
+        return dt, dr
+
+    def to_pose(self) -> Pose:
+        """The unbatched pose as a host :class:`Pose` (float64 numpy)."""
+        if self.shape:
+            raise ValueError(f"TorchPose.to_pose needs an unbatched pose, got batch shape {tuple(self.shape)}")
+        return Pose(self.R.detach().cpu().double().numpy(), self.t.detach().cpu().double().numpy())
