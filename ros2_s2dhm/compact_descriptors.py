@@ -64,6 +64,40 @@ def _source_rows(out_size: int, upsampled: int, in_size: int, factor: int, devic
     return i0, i1, 1.0 - w1, w1
 
 
+def _neighbour_products(x: torch.Tensor) -> torch.Tensor:
+    """x [C, h, w] -> [5, h, w]: each pixel's inner product with itself, its right, lower,
+    lower-right neighbour, and of its right with its lower neighbour; a neighbour past the last
+    row or column is the pixel itself (edge clamping). Slices, not gathers: no copy of x."""
+    own = (x * x).sum(0)
+    right, down = own.clone(), own.clone()
+    right[:, :-1] = (x[:, :, :-1] * x[:, :, 1:]).sum(0)
+    down[:-1] = (x[:, :-1] * x[:, 1:]).sum(0)
+    diag, anti = torch.empty_like(own), torch.empty_like(own)
+    diag[:-1, :-1] = (x[:, :-1, :-1] * x[:, 1:, 1:]).sum(0)
+    anti[:-1, :-1] = (x[:, :-1, 1:] * x[:, 1:, :-1]).sum(0)
+    for edge in (diag, anti):  # clamped: the last row pairs along it, the last column down it
+        edge[-1, :] = right[-1, :]
+        edge[:, -1] = down[:, -1]
+    return torch.stack([own, right, down, diag, anti])
+
+
+def _upsampled_products(products: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+    """[5, h, w] neighbour products (:func:`_neighbour_products`, or sums of them over maps of one
+    shape) -> [size]: the squared norm of the bilinear upsampling by ``factor``, per pixel."""
+    _, h, w = products.shape
+    i0, i1, a0, a1 = _source_rows(size[0], h * factor, h, factor, products.device)
+    j0, j1, b0, b1 = _source_rows(size[1], w * factor, w, factor, products.device)
+    a0, a1, b0, b1 = a0[:, None], a1[:, None], b0[None], b1[None]
+    top, bottom = products.index_select(1, i0), products.index_select(1, i1)  # [5, H, w]
+    own00, right00, down00, diag00, anti00 = top.index_select(2, j0).unbind(0)
+    own01, _, down01, _, _ = top.index_select(2, j1).unbind(0)
+    own10, right10 = bottom[:2].index_select(2, j0).unbind(0)
+    own11 = bottom[0].index_select(1, j1)
+    return (a0 * a0 * (b0 * b0 * own00 + b1 * b1 * own01 + 2 * b0 * b1 * right00)
+            + a1 * a1 * (b0 * b0 * own10 + b1 * b1 * own11 + 2 * b0 * b1 * right10)
+            + 2 * a0 * a1 * (b0 * b0 * down00 + b1 * b1 * down01 + b0 * b1 * (diag00 + anti00)))
+
+
 def upsampled_square_norm(x: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
     """x [C, h, w] -> [size] float32: the squared per-pixel norm of
     ``upsample_aligned(x[None], factor, size)[0]``, from x's inner products with its right, lower
@@ -72,48 +106,36 @@ def upsampled_square_norm(x: torch.Tensor, factor: int, size: tuple[int, int]) -
     c, h, w = x.shape
     if factor == 1 and (h, w) == tuple(size):
         return x.square().sum(0)
-    down = torch.arange(h, device=x.device).add(1).clamp_max(h - 1)
-    right = torch.arange(w, device=x.device).add(1).clamp_max(w - 1)
-    xr, xd = x[:, :, right], x[:, down, :]
-    self_, horiz, vert = (x * x).sum(0), (x * xr).sum(0), (x * xd).sum(0)
-    diag, anti = (x * xd[:, :, right]).sum(0), (xr * xd).sum(0)
-    i0, i1, a0, a1 = _source_rows(size[0], h * factor, h, factor, x.device)
-    j0, j1, b0, b1 = _source_rows(size[1], w * factor, w, factor, x.device)
-    a0, a1, b0, b1 = a0[:, None], a1[:, None], b0[None], b1[None]
-
-    def at(g, rows, cols):
-        return g[rows][:, cols]
-
-    return (a0 * a0 * (b0 * b0 * at(self_, i0, j0) + b1 * b1 * at(self_, i0, j1)
-                       + 2 * b0 * b1 * at(horiz, i0, j0))
-            + a1 * a1 * (b0 * b0 * at(self_, i1, j0) + b1 * b1 * at(self_, i1, j1)
-                         + 2 * b0 * b1 * at(horiz, i1, j0))
-            + 2 * a0 * a1 * (b0 * b0 * at(vert, i0, j0) + b1 * b1 * at(vert, i0, j1)
-                             + b0 * b1 * (at(diag, i0, j0) + at(anti, i0, j0))))
+    return _upsampled_products(_neighbour_products(x), factor, size)
 
 
 def project_taps(projection: PCA, taps: list[torch.Tensor]) -> torch.Tensor:
     """The network's five taps [1, C_t, h_t, w_t] (strides 4, 8, 8, 16, 16) -> [d, h4, w4]:
     ``project_map(projection, hypercolumn_from_taps(taps)[0])`` up to float rounding, without
     the [2048, h4, w4] hypercolumn (a quarter of the multiply-adds, no 100 MB intermediate at
-    512 px). Each tap's slice of the components projects it at its own resolution."""
+    512 px). Each tap's slice of the components projects it at its own resolution; the taps
+    of one stride are added before they are upsampled (both steps are linear), as are their
+    neighbour products (:func:`_neighbour_products`) before the norm is upsampled."""
     channels = sum(tap.shape[1] for tap in taps)
     if len(taps) != len(TAP_STRIDES) or channels != projection.input_dim:
         raise ValueError(f"project_taps: {len(taps)} taps have {channels} channels, expected "
                          f"{len(TAP_STRIDES)} with {projection.input_dim}")
     size = tuple(taps[0].shape[-2:])
     mean, components, scale = projection.tensors(taps[0].device)
-    projected = torch.zeros((1, components.shape[0], *size), device=taps[0].device)
-    square_norm = torch.zeros(size, device=taps[0].device)
+    parts, products = {}, {}  # per upsampling factor: taps of one stride are summed first
     start = 0
     for tap, stride in zip(taps, TAP_STRIDES):
         x = tap[0].float()
         c, h, w = x.shape
         factor = stride // HYPERCOLUMN_STRIDE
         part = (components[:, start:start + c] @ x.reshape(c, h * w)).reshape(1, -1, h, w)
-        projected += upsample_aligned(part, factor, size)
-        square_norm += upsampled_square_norm(x, factor, size)
+        norms = x.square().sum(0) if factor == 1 else _neighbour_products(x)
+        parts[factor] = part + parts[factor] if factor in parts else part
+        products[factor] = norms + products[factor] if factor in products else norms
         start += c
+    projected = sum(upsample_aligned(part, factor, size) for factor, part in parts.items())
+    square_norm = sum(norms if factor == 1 else _upsampled_products(norms, factor, size)
+                      for factor, norms in products.items())
     y = projected[0] / square_norm.sqrt().clamp_min(1e-12) - (components @ mean)[:, None, None]
     if projection.whiten:
         y = y / scale[:, None, None]
