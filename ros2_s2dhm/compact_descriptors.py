@@ -47,9 +47,12 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -
 
 
 def project_map(projection: PCA, fmap: torch.Tensor) -> torch.Tensor:
-    """Dense feature map [C, H, W] -> [d, H, W], each cell projected and L2-normalised."""
+    """Dense feature map [C, H, W] -> [d, H, W], each cell projected and L2-normalised.
+
+    The result is a channels-last view (the cells are the rows of a contiguous [H*W, d]): what
+    :class:`~ros2_s2dhm.feature_sampling.FeatureSampler` gathers from, without a copy."""
     c, h, w = fmap.shape
-    return projection.transform(fmap.reshape(c, h * w).T).T.reshape(-1, h, w).contiguous()
+    return projection.transform(fmap.reshape(c, h * w).T).T.reshape(-1, h, w)
 
 
 def _source_rows(out_size: int, upsampled: int, in_size: int, factor: int, device):
