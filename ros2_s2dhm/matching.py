@@ -129,17 +129,16 @@ def pool_map(fmap: torch.Tensor, factor: int) -> torch.Tensor:
     return torch.nn.functional.normalize(pooled, dim=0)
 
 
-def _refine_in_window(fine: torch.Tensor, desc: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor,
-                      factor: int, subcell: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _refine_in_window(flat: torch.Tensor, h: int, w: int, desc: torch.Tensor, cu: torch.Tensor,
+                      cv: torch.Tensor, factor: int, subcell: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Best full-resolution cell inside coarse winners, then its sub-cell position.
 
-    fine: [C,h,w]; desc: [M,C]; cu, cv: [M] coarse cells. The f*f fine cells of the coarse cell
-    are scored, then (``subcell``) the 4 neighbours of the best one, for the parabola fit.
+    flat: [h*w, C] the fine map's cells as contiguous rows (what the gathers read); desc: [M,C];
+    cu, cv: [M] coarse cells. The f*f fine cells of the coarse cell are scored, then
+    (``subcell``) the 4 neighbours of the best one, for the parabola fit.
     Returns uv [M,2] in fine cells and scores [M].
     """
-    C, h, w = fine.shape
-    flat = fine.reshape(C, h * w).T  # [h*w, C]
-    offsets = torch.arange(factor, device=fine.device)
+    offsets = torch.arange(factor, device=flat.device)
     xs = (cu[:, None] * factor + offsets).clamp(max=w - 1)  # [M,f]
     ys = (cv[:, None] * factor + offsets).clamp(max=h - 1)
     cells = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(cu), factor * factor)
@@ -147,11 +146,11 @@ def _refine_in_window(fine: torch.Tensor, desc: torch.Tensor, cu: torch.Tensor, 
     x = xs.gather(1, (arg % factor)[:, None])[:, 0]
     y = ys.gather(1, (arg // factor)[:, None])[:, 0]
     if not subcell:
-        return torch.stack([x, y], -1).to(fine.dtype), best
+        return torch.stack([x, y], -1).to(flat.dtype), best
     nx = torch.stack([x - 1, x + 1, x, x], -1).clamp(0, w - 1)
     ny = torch.stack([y, y, y - 1, y + 1], -1).clamp(0, h - 1)
     around = torch.einsum("mkc,mc->mk", flat[ny * w + nx], desc)  # left, right, up, down
-    return _subcell_uv(x, y, best, around.unbind(-1), h, w).to(fine.dtype), best
+    return _subcell_uv(x, y, best, around.unbind(-1), h, w).to(flat.dtype), best
 
 
 def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep: torch.Tensor,
@@ -170,10 +169,12 @@ def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep
     flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
     flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
     block = max(1, config.max_chunk_elements // ((factor * factor + 4) * c))
+    _, h, w = fine.shape
+    table = fine.reshape(c, h * w).T.contiguous()  # [h*w, C]: rows gathered without strides
     for start in range(0, len(rows), block):
         r = rows[start:start + block]
-        flat_uv[r], flat_scores[r] = _refine_in_window(fine, flat_desc[r], flat_cu[r], flat_cv[r],
-                                                       factor, config.subcell)
+        flat_uv[r], flat_scores[r] = _refine_in_window(table, h, w, flat_desc[r], flat_cu[r],
+                                                       flat_cv[r], factor, config.subcell)
     return uv, scores
 
 
