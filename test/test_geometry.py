@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from ros2_s2dhm.errors import CameraError
 from ros2_s2dhm.geometry import Camera, Pose, TorchPose, pose_error
-from ros2_s2dhm.geometry.lie import se3_exp, se3_log, skew, so3_exp, so3_log
+from ros2_s2dhm.geometry.lie import se3_exp, se3_log, skew, so3_angle, so3_exp, so3_log
 from ros2_s2dhm.geometry.pixels import feature_to_image, image_to_feature, scale_pixels
 from ros2_s2dhm.geometry.rotation import (
     euler_rpy_to_matrix,
@@ -96,6 +96,7 @@ def test_exp_log_round_trip(angle):
     np.testing.assert_allclose(back.matrix(), pose.matrix(), atol=1e-10)
     if angle < np.pi - 1e-3:  # the twist is unique away from pi
         np.testing.assert_allclose(pose.log(), xi, atol=1e-10)
+    assert float(so3_angle(torch.from_numpy(pose.R.copy()))) == pytest.approx(angle, abs=1e-12)
 
 
 def test_torch_lie_batched_float32_and_grad():

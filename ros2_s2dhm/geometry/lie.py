@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["skew", "so3_exp", "so3_log", "se3_exp", "se3_log"]
+__all__ = ["skew", "so3_angle", "so3_exp", "so3_log", "se3_exp", "se3_log"]
 
 
 def _small_angle_threshold(dtype: torch.dtype) -> float:
@@ -61,6 +61,14 @@ def se3_exp(xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     R = eye + A * W + B * W2
     V = eye + B * W + C * W2
     return R, (V @ v[..., None])[..., 0]
+
+
+def so3_angle(R: torch.Tensor) -> torch.Tensor:
+    """Rotation angles ``[...]`` in [0, pi] (radians) of matrices ``[..., 3, 3]``: ``atan2`` of
+    the antisymmetric part's norm and the trace, accurate near 0 and near pi, without the
+    branch :func:`so3_log` takes for the axis near pi (so no host synchronisation)."""
+    trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
+    return torch.atan2(_vee(R).norm(dim=-1), ((trace - 1) / 2).clamp(-1.0, 1.0))
 
 
 def so3_log(R: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lie import se3_exp, se3_log, so3_log
+from .lie import se3_exp, se3_log, so3_angle
 from .rotation import matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotation_angle_deg
 
 __all__ = ["Pose", "TorchPose", "pose_error"]
@@ -175,7 +175,7 @@ class TorchPose:
         """:func:`pose_error` on the device: camera-centre distance ``[...]`` and the angle
         ``[...]`` (degrees) of ``R R_truth^T``."""
         dt = (self.center - truth.center).norm(dim=-1)
-        dr = torch.rad2deg(so3_log(self.R @ truth.R.transpose(-1, -2)).norm(dim=-1))
+        dr = torch.rad2deg(so3_angle(self.R @ truth.R.transpose(-1, -2)))
         return dt, dr
 
     def to_pose(self) -> Pose:
