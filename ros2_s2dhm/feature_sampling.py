@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-__all__ = ["GRADIENTS", "FeatureSampler", "feature_gradients", "interpolate_bilinear"]
+__all__ = ["GRADIENTS", "FeatureSampler", "feature_gradients", "gather_rows", "interpolate_bilinear"]
 
 GRADIENTS = ("central", "sobel")
 
@@ -33,6 +33,12 @@ def feature_gradients(fmap: torch.Tensor, method: str = "central") -> tuple[torc
         grads = nnf.conv2d(padded, kernels)  # [C, 2, H, W]
         return grads[:, 0], grads[:, 1]
     raise ValueError(f"unknown gradient method '{method}', expected one of {GRADIENTS}")
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table [R, C]`` at ``index [...]`` (long) -> ``[..., C]``: ``table[index]``
+    through ``index_select``, which on the CPU is several times faster than advanced indexing."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[-1])
 
 
 def _bilinear_cell(uv: torch.Tensor, H: int, W: int):
@@ -58,7 +64,7 @@ def interpolate_bilinear(fmap: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Te
     flat = fmap.reshape(C, H * W)
 
     def gather(y, x):
-        return flat[:, y * W + x].T  # [N, C]
+        return flat.index_select(1, y * W + x).T  # [N, C]
 
     top = gather(y0, x0) * (1 - wx) + gather(y0, x1) * wx
     bottom = gather(y1, x0) * (1 - wx) + gather(y1, x1) * wx
@@ -87,7 +93,7 @@ class FeatureSampler:
         offsets = torch.arange(-1, 3, device=uv.device)
         xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 4]
         ys = (y0[:, None] + offsets).clamp(0, H - 1)
-        P = self.table[ys[:, :, None] * W + xs[:, None, :]]  # [N, 4 (y), 4 (x), C]
+        P = gather_rows(self.table, ys[:, :, None] * W + xs[:, None, :])  # [N, 4 (y), 4 (x), C]
         values = P[:, 1:3, 1:3]  # the 2x2 cell corners
         if self.gradient == "central":  # (F[x+1] - F[x-1]) / 2, one-sided at the border
             dx = (xs[:, 2:] - xs[:, :2]).clamp_min(1).to(P.dtype)

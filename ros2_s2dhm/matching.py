@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .feature_sampling import interpolate_bilinear
+from .feature_sampling import gather_rows, interpolate_bilinear
 from .options import option
 
 
@@ -142,14 +142,14 @@ def _refine_in_window(flat: torch.Tensor, h: int, w: int, desc: torch.Tensor, cu
     xs = (cu[:, None] * factor + offsets).clamp(max=w - 1)  # [M,f]
     ys = (cv[:, None] * factor + offsets).clamp(max=h - 1)
     cells = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(cu), factor * factor)
-    best, arg = torch.einsum("mkc,mc->mk", flat[cells], desc).max(dim=-1)
+    best, arg = torch.einsum("mkc,mc->mk", gather_rows(flat, cells), desc).max(dim=-1)
     x = xs.gather(1, (arg % factor)[:, None])[:, 0]
     y = ys.gather(1, (arg // factor)[:, None])[:, 0]
     if not subcell:
         return torch.stack([x, y], -1).to(flat.dtype), best
     nx = torch.stack([x - 1, x + 1, x, x], -1).clamp(0, w - 1)
     ny = torch.stack([y, y, y - 1, y + 1], -1).clamp(0, h - 1)
-    around = torch.einsum("mkc,mc->mk", flat[ny * w + nx], desc)  # left, right, up, down
+    around = torch.einsum("mkc,mc->mk", gather_rows(flat, ny * w + nx), desc)  # left, right, up, down
     return _subcell_uv(x, y, best, around.unbind(-1), h, w).to(flat.dtype), best
 
 
