@@ -318,14 +318,18 @@ def test_newest_frame_only_under_fast_input(harness):
     for i in range(sent):
         h.send_image(10**9 + i * 10**7)
         time.sleep(0.01)  # 100 Hz, processing runs at 4 Hz
+    last_sent = time.monotonic()
     last_stamp = 10**9 + (sent - 1) * 10**7
     assert wait_for(lambda: h.poses and stamp_ns_of(h.poses[-1]) == last_stamp, 5.0)
     elapsed = time.monotonic() - start
+    answered = time.monotonic() - last_sent
     time.sleep(0.3)
     processed = len(h.pipeline.calls)
-    assert processed < sent / 3 and len(h.poses) == processed
-    # the newest frame was answered within ~2 processing times of its arrival: bounded latency
-    assert elapsed < sent * 0.01 + 0.5 + 2 * delay + 1.0
+    # one frame at a time, each taking `delay` (below: the frames between were dropped)
+    assert processed <= elapsed / delay + 1 and len(h.poses) == processed
+    # the newest frame was answered within ~2 processing times of being sent (the frame in
+    # progress, then it): bounded latency, however long a busy machine took to send the 30
+    assert answered < 2 * delay + 1.0
     n = len(h.diagnostics)
     stats = values(h.status_after(n, None, ""))  # a heartbeat after the last result
     # every frame that reached the callback was processed or replaced by a newer one (on a busy
@@ -335,7 +339,7 @@ def test_newest_frame_only_under_fast_input(harness):
     assert received + int(stats["frames_lost"]) == sent
     assert float(stats["latency_receive_to_result_ms"]) < 3 * 1e3 * delay
     print(f"\nfast input: sent {sent} at 100 Hz, processed {processed}, dropped "
-          f"{stats['frames_dropped']}, newest answered {elapsed:.2f} s after the first frame")
+          f"{stats['frames_dropped']}, newest answered {answered:.2f} s after it was sent")
 
 
 def test_max_rate_and_stale_frames(harness):
