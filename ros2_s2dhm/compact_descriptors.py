@@ -49,8 +49,8 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -
 def project_map(projection: PCA, fmap: torch.Tensor) -> torch.Tensor:
     """Dense feature map [C, H, W] -> [d, H, W], each cell projected and L2-normalised.
 
-    The result is a channels-last view (the cells are the rows of a contiguous [H*W, d]): what
-    :class:`~ros2_s2dhm.feature_sampling.FeatureSampler` gathers from, without a copy."""
+    The result is laid out as :func:`~ros2_s2dhm.feature_sampling.cells_last` (the cells are the
+    rows of a contiguous [H*W, d]): Feature-PnP's sampler gathers from it without a copy."""
     c, h, w = fmap.shape
     return projection.transform(fmap.reshape(c, h * w).T).T.reshape(-1, h, w)
 
@@ -133,8 +133,8 @@ def project_taps(projection: PCA, taps: list[torch.Tensor]) -> torch.Tensor:
         factor = stride // HYPERCOLUMN_STRIDE
         part = (components[:, start:start + c] @ x.reshape(c, h * w)).reshape(1, -1, h, w)
         norms = x.square().sum(0) if factor == 1 else _neighbour_products(x)
-        parts[factor] = part + parts[factor] if factor in parts else part
-        products[factor] = norms + products[factor] if factor in products else norms
+        parts[factor] = parts.get(factor, 0) + part
+        products[factor] = products.get(factor, 0) + norms
         start += c
     projected = sum(upsample_aligned(part, factor, size) for factor, part in parts.items())
     square_norm = sum(norms if factor == 1 else _upsampled_products(norms, factor, size)

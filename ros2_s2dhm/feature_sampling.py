@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-__all__ = ["GRADIENTS", "FeatureSampler", "feature_gradients", "gather_rows", "interpolate_bilinear"]
+__all__ = ["GRADIENTS", "FeatureSampler", "cell_rows", "cells_last", "feature_gradients", "gather_rows",
+           "interpolate_bilinear"]
 
 GRADIENTS = ("central", "sobel")
 
@@ -33,6 +34,20 @@ def feature_gradients(fmap: torch.Tensor, method: str = "central") -> tuple[torc
         grads = nnf.conv2d(padded, kernels)  # [C, 2, H, W]
         return grads[:, 0], grads[:, 1]
     raise ValueError(f"unknown gradient method '{method}', expected one of {GRADIENTS}")
+
+
+def cell_rows(fmap: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] -> [H*W, C]: the map's cells as contiguous rows, what :func:`gather_rows`
+    reads; a view, not a copy, of a map laid out by :func:`cells_last`."""
+    C, H, W = fmap.shape
+    return fmap.permute(1, 2, 0).reshape(H * W, C).contiguous()
+
+
+def cells_last(fmap: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] -> the same values as a [C, H, W] view of a contiguous [H*W, C] (one copy), so
+    that every later :func:`cell_rows` of the map is free."""
+    C, H, W = fmap.shape
+    return cell_rows(fmap).T.reshape(C, H, W)
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -76,7 +91,8 @@ class FeatureSampler:
 
     Equivalent to :func:`interpolate_bilinear` on the map and on :func:`feature_gradients` of the map,
     but gradients are only computed on the 4x4 pixel neighbourhood of each point (no dense gradient
-    maps) from a channels-last copy of the map, so a call costs O(N C) with contiguous gathers.
+    maps) from the map's cell rows (:func:`cell_rows`: a copy unless the map is laid out by
+    :func:`cells_last`), so a call costs O(N C) with contiguous gathers.
     """
 
     def __init__(self, fmap: torch.Tensor, gradient: str = "central"):
@@ -84,7 +100,7 @@ class FeatureSampler:
             raise ValueError(f"unknown gradient method '{gradient}', expected one of {GRADIENTS}")
         self.C, self.H, self.W = fmap.shape
         self.gradient = gradient
-        self.table = fmap.permute(1, 2, 0).reshape(self.H * self.W, self.C).contiguous()  # [H*W, C]
+        self.table = cell_rows(fmap)  # [H*W, C]
 
     def __call__(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pixels ``uv [N, 2]`` -> ``(values [N, C], gradients [N, C, 2] (d/du, d/dv), valid [N])``."""

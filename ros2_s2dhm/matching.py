@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .feature_sampling import gather_rows, interpolate_bilinear
+from .feature_sampling import cell_rows, gather_rows, interpolate_bilinear
 from .options import option
 
 
@@ -153,24 +153,24 @@ def _refine_in_window(flat: torch.Tensor, h: int, w: int, desc: torch.Tensor, cu
     return _subcell_uv(x, y, best, around.unbind(-1), h, w).to(flat.dtype), best
 
 
-def _refine_kept(fine: torch.Tensor, desc: torch.Tensor, arg: torch.Tensor, keep: torch.Tensor,
-                 ws: int, factor: int, config: MatcherConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _refine_kept(table: torch.Tensor, h: int, w: int, desc: torch.Tensor, arg: torch.Tensor,
+                 keep: torch.Tensor, ws: int, factor: int,
+                 config: MatcherConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-resolution positions [k,N,2] and scores [k,N] of the kept coarse matches.
 
+    table [h*w, C]: the fine map's cell rows (:func:`~ros2_s2dhm.feature_sampling.cell_rows`);
     desc [k,N,C], arg [k,N] flat coarse cells (width ws), keep [k,N]. Rejected matches keep
     the coarse cell centre and score -inf (they are invalid anyway); the window re-scoring runs
     in blocks of at most ``config.max_chunk_elements`` gathered values.
     """
     k, n, c = desc.shape
     cu, cv = arg % ws, arg // ws
-    uv = torch.stack([(cu + 0.5) * factor - 0.5, (cv + 0.5) * factor - 0.5], -1).to(fine.dtype)
-    scores = torch.full((k, n), -torch.inf, dtype=fine.dtype, device=fine.device)
+    uv = torch.stack([(cu + 0.5) * factor - 0.5, (cv + 0.5) * factor - 0.5], -1).to(table.dtype)
+    scores = torch.full((k, n), -torch.inf, dtype=table.dtype, device=table.device)
     rows = torch.nonzero(keep.reshape(-1)).flatten()
     flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
     flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
     block = max(1, config.max_chunk_elements // ((factor * factor + 4) * c))
-    _, h, w = fine.shape
-    table = fine.reshape(c, h * w).T.contiguous()  # [h*w, C]: rows gathered without strides
     for start in range(0, len(rows), block):
         r = rows[start:start + block]
         flat_uv[r], flat_scores[r] = _refine_in_window(table, h, w, flat_desc[r], flat_cu[r],
@@ -183,7 +183,8 @@ def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor
                           coarse_map: torch.Tensor | None = None) -> Matches:
     """Match reference keypoint descriptors densely into the query map.
 
-    query_map: [C,h,w] L2-normalised query map (hypercolumn or its projection).
+    query_map: [C,h,w] L2-normalised query map (hypercolumn or its projection); laid out by
+    :func:`~ros2_s2dhm.feature_sampling.cells_last`, the window re-scoring reads it uncopied.
     ref_descriptors: [K,N,C] reference descriptors at keypoints (any float dtype; computed in
     the query map's dtype). ref_mask: [K,N] bool, False for padding.
     coarse_map: the query map pooled by ``config.coarse_factor`` (:func:`pool_map`), when the
@@ -196,7 +197,8 @@ def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor
     search = query_map if factor == 1 else coarse_map
     _, hs, ws = search.shape
     K, N, _ = ref_descriptors.shape
-    q = search.reshape(C, hs * ws)
+    q = search.reshape(C, hs * ws).contiguous()  # a copy only for a cells-last map at factor 1
+    table = cell_rows(query_map) if factor > 1 else None  # once for every chunk
     chunk = max(1, config.max_chunk_elements // max(1, N * hs * ws))
     uv, scores, valid = [], [], []
     for start in range(0, K, chunk):
@@ -209,7 +211,7 @@ def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor
         else:
             del corr
             ok = ok & ref_mask[start:start + chunk].to(q.device)
-            fine_uv, best = _refine_kept(query_map, d, arg, ok, ws, factor, config)
+            fine_uv, best = _refine_kept(table, h, w, d, arg, ok, ws, factor, config)
             uv.append(fine_uv)
         scores.append(best)
         valid.append(ok)

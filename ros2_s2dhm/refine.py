@@ -142,10 +142,9 @@ class FeatureMetricPnP:
             delta, info = torch.linalg.solve_ex(H + damping, -g)
             solved = (info == 0) & torch.isfinite(delta).all()
             candidate = TorchPose.exp(torch.where(solved, delta, torch.zeros_like(delta)).to(pose.t.dtype)) @ pose
-            step_t, step_r = candidate.error_to(pose)
             new = evaluate(candidate, penalty)
             ok, new_cost, new_valid, step_t, step_r = torch.stack(
-                [solved.to(new[0].dtype), new[0], new[2].to(new[0].dtype), step_t, step_r]).tolist()
+                [solved.to(new[0].dtype), new[0], new[2].to(new[0].dtype), *candidate.error_to(pose)]).tolist()
             if not ok:
                 reason = "lambda_max"
                 break
