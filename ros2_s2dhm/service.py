@@ -119,6 +119,11 @@ class Outcome:
     log: bool = True
     detail: str = ""  # e.g. the traceback of an unexpected error (for the log only)
 
+    def __post_init__(self):
+        # every status names the frame it is about (the diagnostics timer republishes the last
+        # one, so a reader matches this stamp rather than taking the next status it sees)
+        self.values.setdefault("frame_stamp_ns", str(self.frame.stamp_ns))
+
     @property
     def pose_verified(self) -> bool:
         return self.result is not None and self.result.success and self.result.pose is not None
@@ -508,7 +513,6 @@ class LocalizationService:
             "time_budget_ms": "none" if frame.budget_ms is None else f"{frame.budget_ms:.0f}",
             "latency_receive_to_result_ms": f"{1e3 * (time.monotonic() - frame.received):.1f}",
             "latency_stamp_to_result_ms": f"{(self._clock_ns() - frame.stamp_ns) * 1e-6:.1f}",
-            "frame_stamp_ns": str(frame.stamp_ns),
             "num_matches": str(result.num_matches),
             "num_inliers": str(result.num_inliers),
             "confidence": f"{result.confidence:.3f}",

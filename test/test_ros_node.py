@@ -143,12 +143,15 @@ class Harness:
         return future.result()
 
     # --- outputs --------------------------------------------------------------------------
-    def status_after(self, count, level=None, contains=""):
-        """Wait for a diagnostic status (published after message #count) matching level/text."""
+    def status_after(self, count, level=None, contains="", stamp_ns=None):
+        """Wait for a diagnostic status (published after message #count) matching level/text
+        and, with ``stamp_ns``, about that frame (the timer republishes the last status)."""
         def find():
             for array in self.diagnostics[count:]:
                 for status in array.status:
-                    if (level is None or status.level == level) and contains in status.message:
+                    if ((level is None or status.level == level) and contains in status.message
+                            and (stamp_ns is None
+                                 or values(status).get("frame_stamp_ns") == str(stamp_ns))):
                         return status
             return None
         wait_for(lambda: find() is not None, 10.0)
@@ -355,7 +358,8 @@ def test_max_rate_and_stale_frames(harness):
     h.send_info()
     n = len(h.diagnostics)
     h.send_image(1_000)  # stamped 1970: far too old for the wall clock
-    assert h.status_after(n, DiagnosticStatus.WARN, "old") is not None
+    # a frame refused before localization still names its stamp in the status
+    assert h.status_after(n, DiagnosticStatus.WARN, "old", stamp_ns=1_000) is not None
     assert h.poses == [] and h.pipeline.calls == []
     h.send_image(time.time_ns())
     assert wait_for(lambda: len(h.poses) == 1)
@@ -538,7 +542,8 @@ def test_unverifiable_frames_publish_nothing_and_say_why(harness, shipped_map):
     for i, (what, image) in enumerate(frames.items()):
         n, poses = len(h.diagnostics), len(h.poses)
         h.send_image((i + 1) * 10**9, size=(camera.width, camera.height), data=image.tobytes())
-        status = h.status_after(n, contains="locali")  # "localized" or "localization failed"
+        # "localized" or "localization failed", about this frame
+        status = h.status_after(n, contains="locali", stamp_ns=(i + 1) * 10**9)
         assert status is not None, what
         time.sleep(0.3)
         outcomes[what] = (status, h.poses[poses:])
