@@ -133,8 +133,10 @@ def project_taps(projection: PCA, taps: list[torch.Tensor]) -> torch.Tensor:
         factor = stride // HYPERCOLUMN_STRIDE
         part = (components[:, start:start + c] @ x.reshape(c, h * w)).reshape(1, -1, h, w)
         norms = x.square().sum(0) if factor == 1 else _neighbour_products(x)
-        parts[factor] = parts.get(factor, 0) + part
-        products[factor] = products.get(factor, 0) + norms
+        if factor in parts:  # the first tap of a stride is stored as it is (no add to 0)
+            parts[factor], products[factor] = parts[factor] + part, products[factor] + norms
+        else:
+            parts[factor], products[factor] = part, norms
         start += c
     projected = sum(upsample_aligned(part, factor, size) for factor, part in parts.items())
     square_norm = sum(norms if factor == 1 else _upsampled_products(norms, factor, size)
