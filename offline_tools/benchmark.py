@@ -295,7 +295,9 @@ def prepare_map(args, work_dir: Path, build_device: str):
 def time_queries(localizer, warm: list, timed: list, images: dict, label: str,
                  progress: bool = False) -> tuple[list, dict]:
     """Localize the warm-up queries (untimed), then the timed ones: (their outcomes, summary
-    ``{"queries", "localized", "stages", "cascade"}``)."""
+    ``{"queries", "localized", "stages", "cascade", "per_query"}``; ``per_query``: each timed
+    query's name, condition, success, confidence, references verified and total ms, in order,
+    so that the p90 can be traced to the frames that set it)."""
     evaluate_queries(localizer, warm, images.__getitem__, progress=False)
     outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=progress)
     localized = sum(o.success for o in outcomes)
@@ -306,7 +308,11 @@ def time_queries(localizer, warm: list, timed: list, images: dict, label: str,
         "queries": len(outcomes), "localized": localized,
         "stages": rep.summarize_timings([o.timings_ms for o in outcomes]),
         "cascade": rep.cascade_expansion(outcomes, localizer.config.cascade_batch,
-                                         localizer.config.top_k)}
+                                         localizer.config.top_k),
+        "per_query": [{"name": o.name, "condition": o.condition, "success": o.success,
+                       "confidence": float(o.confidence),
+                       "references_verified": len(o.reference_names),
+                       "total_ms": o.timings_ms.get("total")} for o in outcomes]}
 
 
 def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict) -> dict:

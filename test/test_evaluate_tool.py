@@ -113,6 +113,10 @@ def test_benchmark_on_given_map(synthetic_map, tmp_path):
     assert (cascade["queries"], cascade["top_k"]) == (2, 2)
     assert 0 <= cascade["past_top_k"] <= cascade["past_batch"] <= 2
     assert 1 <= cascade["verified_max"] <= 2 + LocalizerConfig().retrieval_extra
+    per_query = cpu["per_query"]  # what sets the tail: each timed query's references and time
+    assert len(per_query) == 2 and all(q["total_ms"] > 0 for q in per_query)
+    assert max(q["references_verified"] for q in per_query) == cascade["verified_max"]
+    assert sum(q["success"] for q in per_query) == cpu["localized"]
     for stage in ("preprocess", "backbone", "retrieval", "matching", "total"):
         assert cpu["stages"][stage]["count"] == 2
         assert 0 < cpu["stages"][stage]["median"] <= cpu["stages"][stage]["p90"]

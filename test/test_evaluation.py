@@ -267,6 +267,7 @@ def test_evaluate_queries_keeps_failures_and_exceptions(tmp_path):
     rows = list(csv.DictReader(write_outcomes_csv(tmp_path / "q.csv", outcomes, report).open()))
     assert [r["name"] for r in rows] == [q.name for q in queries]
     assert rows[1]["success"] == "0" and rows[1]["rpnp_dt_m"] == "inf"
+    assert [r["references_verified"] for r in rows] == ["1", "0", "1", "1", "0", "0"]
     assert float(rows[0]["fpnp_dt_m"]) == pytest.approx(0.01 * math.sqrt(3))
 
 

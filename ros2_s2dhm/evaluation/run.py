@@ -165,11 +165,12 @@ def _fmt(x: float) -> str:
 
 def write_outcomes_csv(path: str | Path, outcomes: Sequence[QueryOutcome],
                        report: RecallReport | None = None) -> Path:
-    """Per-query table: every query with status, failure reason, inliers, errors (if scored), time."""
+    """Per-query table: every query with status, failure reason, inliers, the references the
+    cascade verified (how many: what a query's time follows), errors (if scored), time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ["name", "condition", "success", "failure_reason", "confidence", "num_matches",
-              "num_inliers", "refine_reason", "top_reference", "supporting_references", "total_ms"]
+              "num_inliers", "refine_reason", "top_reference", "supporting_references", "references_verified", "total_ms"]
     if report is not None:
         header += [f"{m}_{e}" for m in report.methods for e in ("dt_m", "dr_deg")]
     with path.open("w", newline="") as f:
@@ -179,7 +180,7 @@ def write_outcomes_csv(path: str | Path, outcomes: Sequence[QueryOutcome],
             row = [o.name, o.condition, int(o.success), o.failure_reason or "", f"{o.confidence:.4f}",
                    o.num_matches, o.num_inliers, o.refine_reason or "",
                    o.reference_names[0] if o.reference_names else "",
-                   " ".join(o.supporting_references),
+                   " ".join(o.supporting_references), len(o.reference_names),
                    f"{o.timings_ms['total']:.1f}" if "total" in o.timings_ms else ""]
             if report is not None:
                 for m in report.methods:
