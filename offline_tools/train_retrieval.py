@@ -7,7 +7,8 @@ Each SET is a dataset folder with the reference model and a ``ground_truth.txt``
 queries (as ``make_synthetic`` writes). conv5_3 of every image is computed once (and kept in
 ``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
 every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
-the weights). Prints, per condition of the ``--validate`` sets (held out from training;
+the weights). ``--train-conv5-3`` trains conv5_3 with it (at ``--conv5-3-lr``), from cached
+relu5_2: the hypercolumn taps stop before conv5_3, so matching is still unchanged. Prints, per condition of the ``--validate`` sets (held out from training;
 default: the training sets), the share of queries whose top-1 / top-10 reference lies within
 ``--retrieval-distance`` and the largest share on one top-1 reference, before and after,
 ranked as the localizer ranks (the map's whitened PCA, CSLS hubness reduction).
@@ -32,7 +33,8 @@ from ros2_s2dhm.datasets.submission import read_submission
 from ros2_s2dhm.features.checkpoints import load_network, save_network
 from ros2_s2dhm.map_builder import MapBuildConfig
 from ros2_s2dhm.retrieval import fit_global_index, rank_references
-from ros2_s2dhm.training.retrieval import PlaceSet, RetrievalConfig, conv5_features, describe, train_netvlad
+from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, conv5_features, describe,
+                                           global_head, train_netvlad)
 from offline_tools.common import (add_config_args, add_weights_args, config_from_args,
                                   resolve_device, resolve_weights)
 
@@ -49,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--validate", nargs="+", type=Path, default=None,
                    help="held-out dataset folders scored before and after (default: the training sets)")
     p.add_argument("--out", required=True, type=Path, help="weights file to write")
-    p.add_argument("--cache", type=Path, default=None, help="folder for the conv5_3 features")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder for the conv5_3 features (relu5_2 with --train-conv5-3)")
     add_weights_args(p)
     add_config_args(p, RetrievalConfig, "training hyperparameters (defaults: RetrievalConfig's)")
     p.add_argument("--retrieval-distance", type=float, default=RETRIEVAL_DISTANCE,
@@ -60,9 +63,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def place_set(root: Path, network, info, image_size: int, device, cache: Path | None) -> PlaceSet:
-    """The conv5_3 maps, centres and conditions of a dataset's references and queries."""
-    key = hashlib.sha256(f"{root.resolve()}|{info.sha256}|{image_size}".encode()).hexdigest()[:16]
+def place_set(root: Path, network, info, image_size: int, device, cache: Path | None,
+              before_conv5_3: bool = False) -> PlaceSet:
+    """The conv5_3 maps (``before_conv5_3``: relu5_2), centres and conditions of a dataset's
+    references and queries."""
+    layer = "relu5_2" if before_conv5_3 else "conv5_3"
+    key = hashlib.sha256(f"{root.resolve()}|{info.sha256}|{image_size}|{layer}".encode()).hexdigest()[:16]
     path = cache / f"{root.name}-{key}.pt" if cache else None
     if path is not None and path.is_file():
         return PlaceSet(**torch.load(path, weights_only=False))
@@ -73,9 +79,10 @@ def place_set(root: Path, network, info, image_size: int, device, cache: Path | 
         raise S2DHMError(f"{root / 'ground_truth.txt'}: no pose for any query of {root}")
     fields = dict(
         reference_features=conv5_features(network, [read_image(r.path) for r in dataset.references],
-                                          image_size, device),
+                                          image_size, device, before_conv5_3),
         reference_centers=np.stack([r.pose.center for r in dataset.references]),
-        query_features=conv5_features(network, [read_image(q.path) for q in queries], image_size, device),
+        query_features=conv5_features(network, [read_image(q.path) for q in queries], image_size,
+                                      device, before_conv5_3),
         query_centers=np.stack([truth[q.name].center for q in queries]),
         query_conditions=np.array([q.condition for q in queries]))
     if path is not None:
@@ -85,7 +92,8 @@ def place_set(root: Path, network, info, image_size: int, device, cache: Path | 
 
 
 def retrieval_table(netvlad, sets: list[PlaceSet], distance: float) -> dict[str, tuple[float, float, float]]:
-    """Per condition and 'all': (top-1 share, top-10 share, largest share on one top-1) in %."""
+    """Per condition and 'all': (top-1 share, top-10 share, largest share on one top-1) in %;
+    ``netvlad``: what reads the sets' maps (a NetVLAD layer or a GlobalHead)."""
     rows: dict[str, list] = {}
     for s in sets:
         index = fit_global_index(describe(netvlad, s.reference_features), MapBuildConfig.pca_dim,
@@ -124,13 +132,15 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         network, info = load_network(resolve_weights(args.weights), device)
         network.eval()
-        sets = [place_set(root, network, info, config.image_size, device, args.cache)
-                for root in args.dataset]
-        held_out = ([place_set(root, network, info, config.image_size, device, args.cache)
-                     for root in args.validate] if args.validate else sets)
-        before = retrieval_table(network.netvlad, held_out, args.retrieval_distance)
-        losses = train_netvlad(network.netvlad, sets, config, progress=not args.no_progress)
-        after = retrieval_table(network.netvlad, held_out, args.retrieval_distance)
+        sets = [place_set(root, network, info, config.image_size, device, args.cache,
+                          config.train_conv5_3) for root in args.dataset]
+        held_out = ([place_set(root, network, info, config.image_size, device, args.cache,
+                               config.train_conv5_3) for root in args.validate]
+                    if args.validate else sets)
+        head = global_head(network, config)
+        before = retrieval_table(head, held_out, args.retrieval_distance)
+        losses = train_netvlad(head, sets, config, progress=not args.no_progress)
+        after = retrieval_table(head, held_out, args.retrieval_distance)
         sha = save_network(network, args.out, extra={"retrieval_training": {
             **dataclasses.asdict(config), "datasets": [p.name for p in args.dataset],
             "validation": [p.name for p in args.validate or []], "base_weights": info.kind,

@@ -4,8 +4,9 @@ import torch
 
 from offline_tools import train_retrieval
 from ros2_s2dhm.features.checkpoints import load_network
-from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, describe, initialise_centroids,
-                                           train_netvlad, triplet_loss, triplet_masks)
+from ros2_s2dhm.training.retrieval import (GlobalHead, PlaceSet, RetrievalConfig, describe,
+                                           initialise_centroids, train_netvlad, triplet_loss,
+                                           triplet_masks)
 
 
 def test_triplet_loss_zero_when_positive_closer_by_margin():
@@ -38,6 +39,30 @@ def test_training_lowers_the_loss_on_separable_places():
                                            negative_radius_m=5.0, batch=2, hard_negatives=3,
                                            mining_every=10), progress=False)
     assert np.mean(losses[-15:]) < np.mean(losses[:15])
+
+
+def test_conv5_3_trains_with_the_layer_at_its_own_rate():
+    """With a conv5_3 in the head, the maps are its input; both layers learn, the loss falls."""
+    g = torch.Generator().manual_seed(0)
+    places = torch.randn(6, 512, 3, 4, generator=g)
+    refs = places + 1.5 * torch.randn(places.shape, generator=g)
+    queries = places + 1.5 * torch.randn(places.shape, generator=g)
+    centers = np.array([[10.0 * i, 0, 0] for i in range(6)])
+    from ros2_s2dhm.features.netvlad import NetVLAD
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1)
+    head = GlobalHead(NetVLAD(num_clusters=8), conv)
+    start = conv.weight.detach().clone()
+    config = RetrievalConfig(steps=60, lr=1e-2, conv5_3_lr=1e-4, margin=0.5, positive_radius_m=1.0,
+                             negative_radius_m=5.0, batch=2, hard_negatives=3, mining_every=10)
+    assert [group["lr"] for group in head.parameter_groups(config)] == [1e-2, 1e-4]
+    losses = train_netvlad(head, [PlaceSet(refs, centers, queries, centers)], config, progress=False)
+    assert np.mean(losses[-15:]) < np.mean(losses[:15])
+    assert not torch.equal(conv.weight, start)
+    # describe reads the head's input maps, through the trained conv5_3
+    np.testing.assert_allclose(describe(head, queries[:2]), describe(head.netvlad, conv(queries[:2])),
+                               atol=1e-5)
 
 
 def test_data_init_puts_centroids_on_the_features():
@@ -96,3 +121,19 @@ def test_tool_trains_and_writes_loadable_weights(tiny_synthetic, tmp_path, capsy
     assert info.kind == "ros2_s2dhm" and not info.random
     assert not torch.equal(net.netvlad.centroids, random_net.netvlad.centroids)
     assert torch.equal(net.encoder[0].weight, random_net.encoder[0].weight)  # encoder frozen
+    assert torch.equal(net.encoder[-1].weight, random_net.encoder[-1].weight)
+
+
+def test_tool_trains_conv5_3_and_keeps_the_hypercolumn_layers(tiny_synthetic, tmp_path):
+    out = tmp_path / "retrieval.pth"
+    assert train_retrieval.main([
+        "--dataset", str(tiny_synthetic.root), "--weights", "random", "--out", str(out),
+        "--steps", "3", "--image-size", "128", "--positive-radius", "2.5", "--negative-radius", "6",
+        "--device", "cpu", "--cache", str(tmp_path / "cache"), "--no-progress", "--train-conv5-3",
+        "--conv5-3-lr", "1e-3"]) == 0
+    net, _ = load_network(out)
+    random_net, _ = load_network(None)
+    assert not torch.equal(net.encoder[-1].weight, random_net.encoder[-1].weight)  # conv5_3 learnt
+    for i in range(len(net.encoder) - 1):  # every layer the hypercolumn taps read stays
+        for a, b in zip(net.encoder[i].parameters(), random_net.encoder[i].parameters()):
+            assert torch.equal(a, b)

@@ -1,8 +1,11 @@
 """Retrieval training from known camera poses: the NetVLAD layer on the frozen encoder.
 
-The global descriptor is ``NetVLAD(conv5_3)``. Only the NetVLAD layer is trained: conv5_3 is
-computed once per image (:func:`conv5_features`), so a CPU step costs milliseconds, and the
-encoder (hypercolumns, the map's descriptors, Feature-metric PnP) is unchanged.
+The global descriptor is ``NetVLAD(conv5_3)``. By default only the NetVLAD layer is trained:
+conv5_3 is computed once per image (:func:`conv5_features`), so a CPU step costs milliseconds,
+and the encoder (hypercolumns, the map's descriptors, Feature-metric PnP) is unchanged. With
+``train_conv5_3`` the last encoder layer is trained with it: its input, relu5_2, is what is
+computed once. The hypercolumn taps stop before conv5_3 (``backbone.HYPERCOLUMN_LAYERS``), so
+matching and Feature-metric PnP still do not change; only the global descriptor does.
 
 Each query image (any condition) has positives, the references whose camera centre lies
 within ``positive_radius_m``, and negatives, those farther than ``negative_radius_m``. The loss
@@ -45,6 +48,10 @@ class RetrievalConfig:
     init_from_data: bool = option(True, "initialise the centroids by k-means of the training "
                                         "conv5_3 (off: keep the current ones)")
     seed: int = option(0, "seed of sampling and k-means", low=0)
+    train_conv5_3: bool = option(False, "also train conv5_3, the layer NetVLAD reads (the "
+                                        "hypercolumn taps stop before it); relu5_2 is cached")
+    conv5_3_lr: float = option(1e-5, "Adam learning rate of conv5_3 (with train_conv5_3)",
+                               name="conv5_3_lr", low=1e-12)
 
     def validate(self) -> None:
         if self.negative_radius_m < self.positive_radius_m:
@@ -55,7 +62,8 @@ class RetrievalConfig:
 @dataclass
 class PlaceSet:
     """One traversal set: conv5_3 maps of its references [R,512,h,w] and queries [Q,512,h,w]
-    (any float dtype, usually float16), camera centres [R,3] / [Q,3] and query conditions [Q]."""
+    (relu5_2 maps when conv5_3 is trained; any float dtype, usually float16), camera centres
+    [R,3] / [Q,3] and query conditions [Q]."""
 
     reference_features: torch.Tensor
     reference_centers: np.ndarray
@@ -68,14 +76,41 @@ class PlaceSet:
             self.query_conditions = np.array(["query"] * len(self.query_features))
 
 
+class GlobalHead(torch.nn.Module):
+    """What is trained: NetVLAD, after conv5_3 when that is trained too. [B,512,h,w] maps
+    (conv5_3, or relu5_2 with conv5_3) -> descriptors [B, K*512] float32."""
+
+    def __init__(self, netvlad, conv5_3: torch.nn.Module | None = None):
+        super().__init__()
+        self.netvlad, self.conv5_3 = netvlad, conv5_3
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        maps = maps.float()
+        return self.netvlad(maps if self.conv5_3 is None else self.conv5_3(maps))
+
+    def parameter_groups(self, config: RetrievalConfig) -> list[dict]:
+        groups = [{"params": list(self.netvlad.parameters()), "lr": config.lr}]
+        if self.conv5_3 is not None:
+            groups.append({"params": list(self.conv5_3.parameters()), "lr": config.conv5_3_lr})
+        return groups
+
+
+def global_head(network, config: RetrievalConfig) -> GlobalHead:
+    """The network's NetVLAD layer, with its conv5_3 when ``config.train_conv5_3`` (shared
+    modules: training the head trains the network's)."""
+    return GlobalHead(network.netvlad, network.encoder[-1] if config.train_conv5_3 else None)
+
+
 @torch.no_grad()
-def conv5_features(network, images, image_size: int, device) -> torch.Tensor:
+def conv5_features(network, images, image_size: int, device, before_conv5_3: bool = False
+                   ) -> torch.Tensor:
     """conv5_3 maps [N,512,h,w] float16 (CPU) of same-size RGB images (HxWx3 uint8), as the
-    network's forward feeds them to NetVLAD."""
+    network's forward feeds them to NetVLAD; ``before_conv5_3``: its input, relu5_2."""
+    layers = network.encoder[:-1] if before_conv5_3 else network.encoder
     out = []
     for image in images:
         tensor, _ = prepare_image(image, image_size, device)
-        out.append(network.encoder(tensor)[0].half().cpu())
+        out.append(layers(tensor)[0].half().cpu())
     shapes = sorted({tuple(f.shape) for f in out})
     if len(shapes) > 1:
         raise ValueError(f"images of one set give conv5_3 maps of shapes {shapes}: train on sets "
@@ -129,23 +164,26 @@ def _training_items(sets: list[PlaceSet], config: RetrievalConfig) -> list[tuple
 
 def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
                   progress: bool = True) -> list[float]:
-    """Train ``netvlad`` in place on the place sets' conv5_3 maps; returns every step's loss."""
+    """Train ``netvlad`` (a NetVLAD layer or a :class:`GlobalHead`) in place on the place sets'
+    maps; returns every step's loss."""
+    head = netvlad if isinstance(netvlad, GlobalHead) else GlobalHead(netvlad)
     rng = np.random.default_rng(config.seed)
     if config.init_from_data:
-        initialise_centroids(netvlad, [s.reference_features for s in sets], config.seed)
+        initialise_centroids(head.netvlad, [_conv5_3(head, s.reference_features) for s in sets],
+                             config.seed)
     items = _training_items(sets, config)
-    optimizer = torch.optim.Adam(netvlad.parameters(), lr=config.lr)
-    device = netvlad.centroids.device
+    optimizer = torch.optim.Adam(head.parameter_groups(config))
+    device = head.netvlad.centroids.device
     losses = []
     cache = None
     for step in tqdm(range(config.steps), desc="NetVLAD", disable=not progress):
         if step % config.mining_every == 0:
-            cache = [describe(netvlad, s.reference_features) for s in sets]
-            netvlad.train()
+            cache = [describe(head, s.reference_features) for s in sets]
+            head.train()
         picks = [items[j] for j in rng.integers(len(items), size=config.batch)]
         with torch.no_grad():  # each query's hard negatives, on the cached reference descriptors
-            queries = netvlad(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks])
-                              .to(device)).cpu()
+            queries = head(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks])
+                           .to(device)).cpu()
         maps, spans = [], []
         for (i, q, pos, neg), query in zip(picks, queries):
             distance = (torch.from_numpy(cache[i][neg]) - query).square().sum(1)
@@ -153,7 +191,7 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
             spans.append(len(pos))
             maps += [sets[i].query_features[q:q + 1], sets[i].reference_features[pos],
                      sets[i].reference_features[hard]]
-        desc = netvlad(torch.cat(maps).to(device))  # one pass: [query, positives, negatives] per pick
+        desc = head(torch.cat(maps).to(device))  # one pass: [query, positives, negatives] per pick
         loss, start = 0.0, 0
         for (_, _, pos, neg), num_pos in zip(picks, spans):
             num_neg = min(config.hard_negatives, len(neg))
@@ -165,14 +203,26 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    netvlad.eval()
+    head.eval()
     return losses
 
 
 @torch.no_grad()
+def _conv5_3(head: GlobalHead, features: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The maps NetVLAD reads [N,512,h,w] (float16, CPU) of a head's input maps."""
+    if head.conv5_3 is None:
+        return features
+    device = head.netvlad.centroids.device
+    return torch.cat([head.conv5_3(features[i:i + batch].to(device).float()).half().cpu()
+                      for i in range(0, len(features), batch)])
+
+
+@torch.no_grad()
 def describe(netvlad, features: torch.Tensor, batch: int = 32) -> np.ndarray:
-    """Global descriptors [N, K*512] float32 of conv5_3 maps [N,512,h,w]."""
-    netvlad.eval()
-    device = netvlad.centroids.device
-    return torch.cat([netvlad(features[i:i + batch].to(device)).cpu()
+    """Global descriptors [N, K*512] float32 of maps [N,512,h,w]: conv5_3 for a NetVLAD layer,
+    the head's input for a :class:`GlobalHead`."""
+    head = netvlad if isinstance(netvlad, GlobalHead) else GlobalHead(netvlad)
+    head.eval()
+    device = head.netvlad.centroids.device
+    return torch.cat([head(features[i:i + batch].to(device)).cpu()
                       for i in range(0, len(features), batch)]).numpy()
