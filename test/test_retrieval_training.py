@@ -24,12 +24,18 @@ def test_masks_follow_camera_distances():
     assert pos.tolist() == [[True, True, False]] and neg.tolist() == [[False, False, True]]
 
 
-def test_training_lowers_the_loss_on_separable_places():
+def separable_places(n: int = 6):
+    """(reference maps, query maps [n,512,3,4], centres [n,3]): n noisy views of n places 10 m
+    apart."""
     g = torch.Generator().manual_seed(0)
-    places = torch.randn(6, 512, 3, 4, generator=g)
+    places = torch.randn(n, 512, 3, 4, generator=g)
     refs = places + 1.5 * torch.randn(places.shape, generator=g)
     queries = places + 1.5 * torch.randn(places.shape, generator=g)
-    centers = np.array([[10.0 * i, 0, 0] for i in range(6)])
+    return refs, queries, np.array([[10.0 * i, 0, 0] for i in range(n)])
+
+
+def test_training_lowers_the_loss_on_separable_places():
+    refs, queries, centers = separable_places()
     from ros2_s2dhm.features.netvlad import NetVLAD
 
     torch.manual_seed(0)
@@ -43,11 +49,7 @@ def test_training_lowers_the_loss_on_separable_places():
 
 def test_conv5_3_trains_with_the_layer_at_its_own_rate():
     """With a conv5_3 in the head, the maps are its input; both layers learn, the loss falls."""
-    g = torch.Generator().manual_seed(0)
-    places = torch.randn(6, 512, 3, 4, generator=g)
-    refs = places + 1.5 * torch.randn(places.shape, generator=g)
-    queries = places + 1.5 * torch.randn(places.shape, generator=g)
-    centers = np.array([[10.0 * i, 0, 0] for i in range(6)])
+    refs, queries, centers = separable_places()
     from ros2_s2dhm.features.netvlad import NetVLAD
 
     torch.manual_seed(0)
