@@ -120,10 +120,14 @@ def test_cascade_looks_beyond_top_k_when_nothing_verifies(shipped_map, monkeypat
     monkeypatch.setattr(loc, "retrieve", lambda qf, *a, **k: [  # k = top_k + retrieval_extra
         dataclasses.replace(h, rank=r) for r, h in enumerate(ranked)][:loc.config.top_k
                                                                       + loc.config.retrieval_extra])
+    top_k = loc.config.top_k
     for extra, found in ((0, False), (len(ranked), True)):
         loc.config = dataclasses.replace(loc.config, retrieval_extra=extra)
         res = loc.localize_features(qf)
-        assert (ranked[-1].name in res.reference_names) == found
+        # in retrieval order, and past the top-k only when allowed (it stops at a sure pose,
+        # which a reference near the place gives before the nearest one is reached)
+        assert res.reference_names == [h.name for h in ranked[:len(res.reference_names)]]
+        assert (len(res.reference_names) > top_k) == found
         assert res.success == found, res.failure_reason
         if found:
             assert pose_error(res.pose, truth)[0] < 0.25
