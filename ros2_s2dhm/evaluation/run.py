@@ -170,7 +170,8 @@ def write_outcomes_csv(path: str | Path, outcomes: Sequence[QueryOutcome],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ["name", "condition", "success", "failure_reason", "confidence", "num_matches",
-              "num_inliers", "refine_reason", "top_reference", "supporting_references", "references_verified", "total_ms"]
+              "num_inliers", "refine_reason", "top_reference", "supporting_references",
+              "references_verified", "total_ms"]
     if report is not None:
         header += [f"{m}_{e}" for m in report.methods for e in ("dt_m", "dr_deg")]
     with path.open("w", newline="") as f:

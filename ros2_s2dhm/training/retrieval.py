@@ -88,6 +88,11 @@ class GlobalHead(torch.nn.Module):
         maps = maps.float()
         return self.netvlad(maps if self.conv5_3 is None else self.conv5_3(maps))
 
+    @classmethod
+    def of(cls, module) -> "GlobalHead":
+        """``module`` itself when it is a head, else the head of that NetVLAD layer alone."""
+        return module if isinstance(module, cls) else cls(module)
+
     def parameter_groups(self, config: RetrievalConfig) -> list[dict]:
         groups = [{"params": list(self.netvlad.parameters()), "lr": config.lr}]
         if self.conv5_3 is not None:
@@ -166,7 +171,7 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
                   progress: bool = True) -> list[float]:
     """Train ``netvlad`` (a NetVLAD layer or a :class:`GlobalHead`) in place on the place sets'
     maps; returns every step's loss."""
-    head = netvlad if isinstance(netvlad, GlobalHead) else GlobalHead(netvlad)
+    head = GlobalHead.of(netvlad)
     rng = np.random.default_rng(config.seed)
     if config.init_from_data:
         initialise_centroids(head.netvlad, [_conv5_3(head, s.reference_features) for s in sets],
@@ -181,23 +186,21 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
             cache = [describe(head, s.reference_features) for s in sets]
             head.train()
         picks = [items[j] for j in rng.integers(len(items), size=config.batch)]
-        with torch.no_grad():  # each query's hard negatives, on the cached reference descriptors
-            queries = head(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks])
-                           .to(device)).cpu()
+        # each query passes once, with its gradient; its hard negatives are chosen on that
+        # descriptor against the cached reference descriptors
+        queries = head(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks]).to(device))
         maps, spans = [], []
-        for (i, q, pos, neg), query in zip(picks, queries):
+        for (i, q, pos, neg), query in zip(picks, queries.detach().cpu()):
             distance = (torch.from_numpy(cache[i][neg]) - query).square().sum(1)
             hard = neg[distance.topk(min(config.hard_negatives, len(neg)), largest=False).indices.numpy()]
-            spans.append(len(pos))
-            maps += [sets[i].query_features[q:q + 1], sets[i].reference_features[pos],
-                     sets[i].reference_features[hard]]
-        desc = head(torch.cat(maps).to(device))  # one pass: [query, positives, negatives] per pick
+            spans.append((len(pos), len(hard)))
+            maps += [sets[i].reference_features[pos], sets[i].reference_features[hard]]
+        others = head(torch.cat(maps).to(device))  # one pass: [positives, negatives] per pick
         loss, start = 0.0, 0
-        for (_, _, pos, neg), num_pos in zip(picks, spans):
-            num_neg = min(config.hard_negatives, len(neg))
-            query, others = desc[start], desc[start + 1:start + 1 + num_pos + num_neg]
-            loss = loss + triplet_loss(query, others[:num_pos], others[num_pos:], config.margin)
-            start += 1 + num_pos + num_neg
+        for query, (num_pos, num_neg) in zip(queries, spans):
+            mine = others[start:start + num_pos + num_neg]
+            loss = loss + triplet_loss(query, mine[:num_pos], mine[num_pos:], config.margin)
+            start += num_pos + num_neg
         loss = loss / config.batch
         optimizer.zero_grad()
         loss.backward()
@@ -207,22 +210,25 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
     return losses
 
 
-@torch.no_grad()
-def _conv5_3(head: GlobalHead, features: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """The maps NetVLAD reads [N,512,h,w] (float16, CPU) of a head's input maps."""
-    if head.conv5_3 is None:
-        return features
-    device = head.netvlad.centroids.device
-    return torch.cat([head.conv5_3(features[i:i + batch].to(device).float()).half().cpu()
+def _in_batches(fn, features: torch.Tensor, device, batch: int = 32) -> torch.Tensor:
+    """fn over maps [N,...] ``batch`` at a time on ``device``; results concatenated on the CPU."""
+    return torch.cat([fn(features[i:i + batch].to(device)).cpu()
                       for i in range(0, len(features), batch)])
 
 
 @torch.no_grad()
-def describe(netvlad, features: torch.Tensor, batch: int = 32) -> np.ndarray:
+def _conv5_3(head: GlobalHead, features: torch.Tensor) -> torch.Tensor:
+    """The maps NetVLAD reads [N,512,h,w] (float16, CPU) of a head's input maps."""
+    if head.conv5_3 is None:
+        return features
+    return _in_batches(lambda x: head.conv5_3(x.float()).half(), features,
+                       head.netvlad.centroids.device)
+
+
+@torch.no_grad()
+def describe(netvlad, features: torch.Tensor) -> np.ndarray:
     """Global descriptors [N, K*512] float32 of maps [N,512,h,w]: conv5_3 for a NetVLAD layer,
     the head's input for a :class:`GlobalHead`."""
-    head = netvlad if isinstance(netvlad, GlobalHead) else GlobalHead(netvlad)
+    head = GlobalHead.of(netvlad)
     head.eval()
-    device = head.netvlad.centroids.device
-    return torch.cat([head(features[i:i + batch].to(device)).cpu()
-                      for i in range(0, len(features), batch)]).numpy()
+    return _in_batches(head, features, head.netvlad.centroids.device).numpy()
