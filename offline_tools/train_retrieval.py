@@ -1,10 +1,15 @@
 """Train the NetVLAD layer for retrieval on datasets with known poses (encoder frozen).
 
     train_retrieval --dataset SET [SET ...] --out NEW_WEIGHTS.pth [--weights default]
-                    [--validate SET ...] [--steps 3000] [--cache DIR]
+                    [--sequence DATABASE QUERIES ...] [--validate SET ...] [--steps 3000]
+                    [--cache DIR]
 
 Each SET is a dataset folder with the reference model and a ``ground_truth.txt`` of its
-queries (as ``make_synthetic`` writes). conv5_3 of every image is computed once (and kept in
+queries (as ``make_synthetic`` writes). ``--sequence DATABASE QUERIES`` (repeatable) adds real
+photos without poses: two index-aligned image folders in ``retrieval_check``'s layout (sorted by
+file name, image i of each shows place i), whose frame i is placed at ``i * --frame-spacing``
+along a line, so the radii count frames there (default spacing 1: positives within 3 frames,
+negatives beyond 10). Keep the places you evaluate on out of these folders. conv5_3 of every image is computed once (and kept in
 ``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
 every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
 the weights). ``--train-conv5-3`` trains conv5_3 with it (at ``--conv5-3-lr``), from cached
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 
 from ros2_s2dhm.datasets import load_dataset, read_image
-from ros2_s2dhm.errors import S2DHMError
+from ros2_s2dhm.errors import DatasetError, S2DHMError
 from ros2_s2dhm.evaluation.recall import RETRIEVAL_DISTANCE
 from ros2_s2dhm.evaluation.reliability import hub
 from ros2_s2dhm.datasets.submission import read_submission
@@ -36,6 +41,7 @@ from ros2_s2dhm.map_builder import MapBuildConfig
 from ros2_s2dhm.retrieval import fit_global_index, rank_references
 from ros2_s2dhm.training.retrieval import (PlaceSet, RetrievalConfig, conv5_features, describe,
                                            global_head, train_netvlad)
+from offline_tools.retrieval_check import list_images
 from offline_tools.common import (add_config_args, add_weights_args, config_from_args,
                                   resolve_device, resolve_weights)
 
@@ -48,7 +54,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="train_retrieval", description=doc[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(doc[1:]))
-    p.add_argument("--dataset", nargs="+", required=True, type=Path, help="training dataset folders")
+    p.add_argument("--dataset", nargs="+", default=[], type=Path, help="training dataset folders")
+    p.add_argument("--sequence", nargs=2, action="append", default=[], type=Path,
+                   metavar=("DATABASE", "QUERIES"),
+                   help="two index-aligned image folders of the same places (repeatable)")
+    p.add_argument("--validate-sequence", nargs=2, action="append", default=[], type=Path,
+                   metavar=("DATABASE", "QUERIES"),
+                   help="held-out image folders scored like --validate (repeatable)")
+    p.add_argument("--frame-spacing", type=float, default=1.0,
+                   help="distance between consecutive --sequence frames in the radii's unit "
+                        "(default %(default)s)")
     p.add_argument("--validate", nargs="+", type=Path, default=None,
                    help="held-out dataset folders scored before and after (default: the training sets)")
     p.add_argument("--out", required=True, type=Path, help="weights file to write")
@@ -61,18 +76,62 @@ def parse_args(argv=None):
                         "(default %(default)s)")
     p.add_argument("--half", action="store_true", help="store the weights in float16")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.dataset and not args.sequence:
+        p.error("give training data: --dataset SET ... and/or --sequence DATABASE QUERIES")
+    if args.frame_spacing <= 0:
+        p.error(f"--frame-spacing must be > 0, got {args.frame_spacing}")
+    return args
+
+
+def _cached(cache: Path | None, name: str, sources: str, info, image_size: int,
+            before_conv5_3: bool, compute) -> PlaceSet:
+    """``compute()``'s PlaceSet fields, kept in ``cache`` under a key of the sources, weights,
+    image size and layer."""
+    layer = "relu5_2" if before_conv5_3 else "conv5_3"
+    key = hashlib.sha256(f"{sources}|{info.sha256}|{image_size}|{layer}".encode()).hexdigest()[:16]
+    path = cache / f"{name}-{key}.pt" if cache else None
+    if path is not None and path.is_file():
+        return PlaceSet(**torch.load(path, weights_only=False))
+    fields = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(fields, path)
+    return PlaceSet(**fields)
 
 
 def place_set(root: Path, network, info, image_size: int, device, cache: Path | None,
               before_conv5_3: bool = False) -> PlaceSet:
     """The conv5_3 maps (``before_conv5_3``: relu5_2), centres and conditions of a dataset's
     references and queries."""
-    layer = "relu5_2" if before_conv5_3 else "conv5_3"
-    key = hashlib.sha256(f"{root.resolve()}|{info.sha256}|{image_size}|{layer}".encode()).hexdigest()[:16]
-    path = cache / f"{root.name}-{key}.pt" if cache else None
-    if path is not None and path.is_file():
-        return PlaceSet(**torch.load(path, weights_only=False))
+    return _cached(cache, root.name, str(root.resolve()), info, image_size, before_conv5_3,
+                   lambda: _dataset_fields(root, network, image_size, device, before_conv5_3))
+
+
+def sequence_set(database: Path, queries: Path, spacing: float, network, info, image_size: int,
+                 device, cache: Path | None, before_conv5_3: bool = False) -> PlaceSet:
+    """The maps of two index-aligned image folders (``retrieval_check``'s layout): database
+    images as references, the other folder's as queries (condition: its folder name), frame i
+    of either at (i * spacing, 0, 0)."""
+    paths = [list_images(database), list_images(queries)]
+    if len(paths[0]) != len(paths[1]):
+        raise DatasetError(f"{database} has {len(paths[0])} images but {queries} {len(paths[1])}: "
+                           "--sequence folders must be index-aligned")
+
+    def compute():
+        centers = np.stack([np.arange(len(paths[0])) * spacing, *[np.zeros(len(paths[0]))] * 2], 1)
+        maps = [conv5_features(network, [read_image(p) for p in side], image_size, device,
+                               before_conv5_3) for side in paths]
+        return dict(reference_features=maps[0], reference_centers=centers, query_features=maps[1],
+                    query_centers=centers.copy(),
+                    query_conditions=np.array([queries.name] * len(paths[1])))
+
+    sources = "|".join(str(p.resolve()) for side in paths for p in side) + f"|{spacing}"
+    return _cached(cache, f"{database.name}-{queries.name}", sources, info, image_size,
+                   before_conv5_3, compute)
+
+
+def _dataset_fields(root: Path, network, image_size: int, device, before_conv5_3: bool) -> dict:
     dataset = load_dataset(root)
     truth = read_submission(root / "ground_truth.txt")
     queries = [q for q in dataset.queries if q.name in truth]
@@ -86,10 +145,7 @@ def place_set(root: Path, network, info, image_size: int, device, cache: Path | 
                                       device, before_conv5_3),
         query_centers=np.stack([truth[q.name].center for q in queries]),
         query_conditions=np.array([q.condition for q in queries]))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fields, path)
-    return PlaceSet(**fields)
+    return fields
 
 
 def retrieval_table(netvlad, sets: list[PlaceSet], distance: float) -> dict[str, tuple[float, float, float]]:
@@ -135,22 +191,30 @@ def main(argv=None) -> int:
         network.eval()
         sets = [place_set(root, network, info, config.image_size, device, args.cache,
                           config.train_conv5_3) for root in args.dataset]
-        held_out = ([place_set(root, network, info, config.image_size, device, args.cache,
-                               config.train_conv5_3) for root in args.validate]
-                    if args.validate else sets)
+        sets += [sequence_set(database, queries, args.frame_spacing, network, info,
+                              config.image_size, device, args.cache, config.train_conv5_3)
+                 for database, queries in args.sequence]
+        held_out = [place_set(root, network, info, config.image_size, device, args.cache,
+                              config.train_conv5_3) for root in args.validate or []]
+        held_out += [sequence_set(database, queries, args.frame_spacing, network, info,
+                                  config.image_size, device, args.cache, config.train_conv5_3)
+                     for database, queries in args.validate_sequence]
+        held_out = held_out or sets
         head = global_head(network, config)
         before = retrieval_table(head, held_out, args.retrieval_distance)
         losses = train_netvlad(head, sets, config, progress=not args.no_progress)
         after = retrieval_table(head, held_out, args.retrieval_distance)
         sha = save_network(network, args.out, extra={"retrieval_training": {
             **dataclasses.asdict(config), "datasets": [p.name for p in args.dataset],
-            "validation": [p.name for p in args.validate or []], "base_weights": info.kind,
+            "sequences": [[d.name, q.name] for d, q in args.sequence],
+            "validation": [p.name for p in args.validate or []]
+            + [f"{d.name}-{q.name}" for d, q in args.validate_sequence], "base_weights": info.kind,
             "base_sha256": info.sha256}}, half=args.half)
     except (S2DHMError, ValueError) as e:
         print(f"train_retrieval: error: {e}", file=sys.stderr)
         return 2
     n = max(1, len(losses) // 10)
-    print(f"{'held-out' if args.validate else 'training'} sets, right place within "
+    print(f"{'held-out' if held_out is not sets else 'training'} sets, right place within "
           f"{args.retrieval_distance:g}:\n{format_tables(before, after)}")
     print(f"loss {np.mean(losses[:n]):.4f} -> {np.mean(losses[-n:]):.4f} over {len(losses)} steps; "
           f"weights {sha[:12]} -> {args.out}")

@@ -1,5 +1,6 @@
 """NetVLAD retrieval training: triplet loss, masks from poses, the tool end to end."""
 import numpy as np
+import pytest
 import torch
 
 from offline_tools import train_retrieval
@@ -139,3 +140,46 @@ def test_tool_trains_conv5_3_and_keeps_the_hypercolumn_layers(tiny_synthetic, tm
     for i in range(len(net.encoder) - 1):  # every layer the hypercolumn taps read stays
         for a, b in zip(net.encoder[i].parameters(), random_net.encoder[i].parameters()):
             assert torch.equal(a, b)
+
+
+def _write_sequence(folder, images):
+    import cv2
+
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+
+
+def test_tool_trains_on_image_sequences_and_scores_held_out_ones(tmp_path, capsys):
+    """--sequence: two index-aligned folders without poses, frame i at i * spacing; the places
+    scored by --validate-sequence are other folders; a misaligned pair is refused by name."""
+    rng = np.random.default_rng(0)
+    places = rng.integers(0, 256, (12, 64, 96, 3), dtype=np.uint8)
+    noisy = lambda: np.clip(places + rng.normal(0, 20, places.shape), 0, 255).astype(np.uint8)  # noqa: E731
+    _write_sequence(tmp_path / "train" / "day", noisy()[:8])
+    _write_sequence(tmp_path / "train" / "night", noisy()[:8])
+    _write_sequence(tmp_path / "held" / "day", noisy()[8:])
+    _write_sequence(tmp_path / "held" / "night", noisy()[8:])
+    out = tmp_path / "seq.pth"
+    args = ["--sequence", str(tmp_path / "train" / "day"), str(tmp_path / "train" / "night"),
+            "--validate-sequence", str(tmp_path / "held" / "day"), str(tmp_path / "held" / "night"),
+            "--weights", "random", "--out", str(out), "--steps", "4", "--image-size", "96",
+            "--positive-radius", "0.5", "--negative-radius", "1.5", "--frame-spacing", "1",
+            "--device", "cpu", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert train_retrieval.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("held-out sets")
+    rows = {line.split()[0] for line in printed.splitlines()[2:] if "->" in line and "%" in line}
+    assert rows == {"night", "all"}  # the held-out folder's name is its condition
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    net, _ = load_network(out)
+    random_net, _ = load_network(None)
+    assert not torch.equal(net.netvlad.centroids, random_net.netvlad.centroids)
+    s = train_retrieval.sequence_set(tmp_path / "train" / "day", tmp_path / "train" / "night", 2.5,
+                                     random_net, _, 96, "cpu", tmp_path / "cache")
+    assert s.reference_centers[:, 0].tolist() == [2.5 * i for i in range(8)]
+    (tmp_path / "train" / "night" / "007.png").unlink()
+    assert train_retrieval.main(args[:3] + args[6:] + ["--cache", str(tmp_path / "c2")]) == 2
+    assert "index-aligned" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_retrieval.main(["--out", str(out), "--weights", "random"])  # no training data
