@@ -183,3 +183,22 @@ def test_tool_trains_on_image_sequences_and_scores_held_out_ones(tmp_path, capsy
     assert "index-aligned" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_retrieval.main(["--out", str(out), "--weights", "random"])  # no training data
+
+
+def test_sets_of_different_map_sizes_train_together():
+    """Places rendered at two image sizes (maps 3x4 and 2x5) mix in one step's passes."""
+    from ros2_s2dhm.features.netvlad import NetVLAD
+
+    refs, queries, centers = separable_places()
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(6, 512, 2, 5, generator=g)
+    sets = [PlaceSet(refs, centers, queries, centers),
+            PlaceSet(wide + 0.5 * torch.randn(wide.shape, generator=g), centers,
+                     wide + 0.5 * torch.randn(wide.shape, generator=g), centers)]
+    torch.manual_seed(0)
+    netvlad = NetVLAD(num_clusters=8)
+    losses = train_netvlad(netvlad, sets, RetrievalConfig(
+        steps=40, lr=1e-2, margin=0.5, positive_radius_m=1.0, negative_radius_m=5.0, batch=4,
+        hard_negatives=3, mining_every=10), progress=False)
+    assert len(losses) == 40 and np.isfinite(losses).all()
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])

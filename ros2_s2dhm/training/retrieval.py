@@ -188,14 +188,14 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
         picks = [items[j] for j in rng.integers(len(items), size=config.batch)]
         # each query passes once, with its gradient; its hard negatives are chosen on that
         # descriptor against the cached reference descriptors
-        queries = head(torch.stack([sets[i].query_features[q] for i, q, _, _ in picks]).to(device))
+        queries = _through(head, [sets[i].query_features[q:q + 1] for i, q, _, _ in picks], device)
         maps, spans = [], []
         for (i, q, pos, neg), query in zip(picks, queries.detach().cpu()):
             distance = (torch.from_numpy(cache[i][neg]) - query).square().sum(1)
             hard = neg[distance.topk(min(config.hard_negatives, len(neg)), largest=False).indices.numpy()]
             spans.append((len(pos), len(hard)))
             maps += [sets[i].reference_features[pos], sets[i].reference_features[hard]]
-        others = head(torch.cat(maps).to(device))  # one pass: [positives, negatives] per pick
+        others = _through(head, maps, device)  # [positives, negatives] per pick
         loss, start = 0.0, 0
         for query, (num_pos, num_neg) in zip(queries, spans):
             mine = others[start:start + num_pos + num_neg]
@@ -208,6 +208,20 @@ def train_netvlad(netvlad, sets: list[PlaceSet], config: RetrievalConfig,
         losses.append(float(loss.detach()))
     head.eval()
     return losses
+
+
+def _through(head: GlobalHead, maps: list[torch.Tensor], device) -> torch.Tensor:
+    """The head's descriptors [sum N_i, D] of map stacks [N_i,512,h_i,w_i], in order, with one
+    pass per map size (sets of different image sizes mix in a step)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for j, m in enumerate(maps):
+        by_shape.setdefault(tuple(m.shape[1:]), []).append(j)
+    parts: list = [None] * len(maps)
+    for members in by_shape.values():
+        out = head(torch.cat([maps[j] for j in members]).to(device))
+        for j, chunk in zip(members, out.split([len(maps[j]) for j in members])):
+            parts[j] = chunk
+    return torch.cat(parts)
 
 
 def _in_batches(fn, features: torch.Tensor, device, batch: int = 32) -> torch.Tensor:
