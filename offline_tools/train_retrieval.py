@@ -9,7 +9,8 @@ queries (as ``make_synthetic`` writes). ``--sequence DATABASE QUERIES`` (repeata
 photos without poses: two index-aligned image folders in ``retrieval_check``'s layout (sorted by
 file name, image i of each shows place i), whose frame i is placed at ``i * --frame-spacing``
 along a line, so the radii count frames there (default spacing 1: positives within 3 frames,
-negatives beyond 10). Keep the places you evaluate on out of these folders. conv5_3 of every image is computed once (and kept in
+negatives beyond 10; a place-per-image set such as SPEDTest takes a spacing above the negative
+radius, so only image i is a positive). Keep the places you evaluate on out of these folders. conv5_3 of every image is computed once (and kept in
 ``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
 every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
 the weights). ``--train-conv5-3`` trains conv5_3 with it (at ``--conv5-3-lr``), from cached
@@ -61,9 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--validate-sequence", nargs=2, action="append", default=[], type=Path,
                    metavar=("DATABASE", "QUERIES"),
                    help="held-out image folders scored like --validate (repeatable)")
-    p.add_argument("--frame-spacing", type=float, default=1.0,
-                   help="distance between consecutive --sequence frames in the radii's unit "
-                        "(default %(default)s)")
+    p.add_argument("--frame-spacing", type=float, nargs="+", default=[1.0],
+                   help="distance between consecutive --sequence frames in the radii's unit: one "
+                        "value for every sequence, or one per --sequence then --validate-sequence "
+                        "in order (default %(default)s)")
     p.add_argument("--validate", nargs="+", type=Path, default=None,
                    help="held-out dataset folders scored before and after (default: the training sets)")
     p.add_argument("--out", required=True, type=Path, help="weights file to write")
@@ -79,8 +81,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.dataset and not args.sequence:
         p.error("give training data: --dataset SET ... and/or --sequence DATABASE QUERIES")
-    if args.frame_spacing <= 0:
-        p.error(f"--frame-spacing must be > 0, got {args.frame_spacing}")
+    pairs = len(args.sequence) + len(args.validate_sequence)
+    if min(args.frame_spacing) <= 0 or len(args.frame_spacing) not in (1, pairs):
+        p.error(f"--frame-spacing takes one value > 0 or one per sequence ({pairs}), got "
+                f"{args.frame_spacing}")
+    if len(args.frame_spacing) == 1:
+        args.frame_spacing = args.frame_spacing * pairs
     return args
 
 
@@ -191,12 +197,13 @@ def main(argv=None) -> int:
         network.eval()
         sets = [place_set(root, network, info, config.image_size, device, args.cache,
                           config.train_conv5_3) for root in args.dataset]
-        sets += [sequence_set(database, queries, args.frame_spacing, network, info,
+        spacing = list(args.frame_spacing)
+        sets += [sequence_set(database, queries, spacing.pop(0), network, info,
                               config.image_size, device, args.cache, config.train_conv5_3)
                  for database, queries in args.sequence]
         held_out = [place_set(root, network, info, config.image_size, device, args.cache,
                               config.train_conv5_3) for root in args.validate or []]
-        held_out += [sequence_set(database, queries, args.frame_spacing, network, info,
+        held_out += [sequence_set(database, queries, spacing.pop(0), network, info,
                                   config.image_size, device, args.cache, config.train_conv5_3)
                      for database, queries in args.validate_sequence]
         held_out = held_out or sets

@@ -164,7 +164,7 @@ def test_tool_trains_on_image_sequences_and_scores_held_out_ones(tmp_path, capsy
     args = ["--sequence", str(tmp_path / "train" / "day"), str(tmp_path / "train" / "night"),
             "--validate-sequence", str(tmp_path / "held" / "day"), str(tmp_path / "held" / "night"),
             "--weights", "random", "--out", str(out), "--steps", "4", "--image-size", "96",
-            "--positive-radius", "0.5", "--negative-radius", "1.5", "--frame-spacing", "1",
+            "--positive-radius", "0.5", "--negative-radius", "1.5", "--frame-spacing", "1", "2",
             "--device", "cpu", "--cache", str(tmp_path / "cache"), "--no-progress"]
     assert train_retrieval.main(args) == 0
     printed = capsys.readouterr().out
@@ -179,10 +179,12 @@ def test_tool_trains_on_image_sequences_and_scores_held_out_ones(tmp_path, capsy
                                      random_net, _, 96, "cpu", tmp_path / "cache")
     assert s.reference_centers[:, 0].tolist() == [2.5 * i for i in range(8)]
     (tmp_path / "train" / "night" / "007.png").unlink()
-    assert train_retrieval.main(args[:3] + args[6:] + ["--cache", str(tmp_path / "c2")]) == 2
+    assert train_retrieval.main(args + ["--cache", str(tmp_path / "c2")]) == 2
     assert "index-aligned" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_retrieval.main(["--out", str(out), "--weights", "random"])  # no training data
+    for refused in (["--out", str(out), "--weights", "random"],  # no training data
+                    args[:3] + ["--frame-spacing", "1", "2", "--out", str(out)]):  # 2 spacings, 1 pair
+        with pytest.raises(SystemExit):
+            train_retrieval.main(refused)
 
 
 def test_sets_of_different_map_sizes_train_together():
