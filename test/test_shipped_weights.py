@@ -19,6 +19,19 @@ def test_default_weights_are_shipped_small_and_trained():
     assert (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").is_file()
 
 
+def test_model_card_states_the_shipped_file():
+    """The card's file sha256 and network hash (what a map built with the file records) are
+    those of the shipped file as loaded, not of the float32 network it was saved from."""
+    import hashlib
+    import re
+
+    card = (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (File sha256|Network hash)[^|]*\| `([0-9a-f]{64})`",
+                                                         card, re.M)}
+    assert rows["File sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert rows["Network hash"] == load_network(DEFAULT_WEIGHTS)[1].sha256
+
+
 @pytest.fixture(scope="module")
 def shipped_map(tiny_synthetic, tmp_path_factory):
     net, info = load_network(DEFAULT_WEIGHTS)
