@@ -10,8 +10,8 @@ photos without poses: two index-aligned image folders in ``retrieval_check``'s l
 file name, image i of each shows place i), whose frame i is placed at ``i * --frame-spacing``
 along a line, so the radii count frames there (default spacing 1: positives within 3 frames,
 negatives beyond 10; a place-per-image set such as SPEDTest takes a spacing above the negative
-radius, so only image i is a positive). Keep the places you evaluate on out of these folders. conv5_3 of every image is computed once (and kept in
-``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
+radius, so only image i is a positive). Keep the places you evaluate on out of these folders.
+conv5_3 of every image is computed once (and kept in ``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
 every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
 the weights). ``--train-conv5-3`` trains conv5_3 with it (at ``--conv5-3-lr``), from cached
 relu5_2: the hypercolumn taps stop before conv5_3, so matching is still unchanged. Prints, per
@@ -195,18 +195,15 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         network, info = load_network(resolve_weights(args.weights), device)
         network.eval()
-        sets = [place_set(root, network, info, config.image_size, device, args.cache,
-                          config.train_conv5_3) for root in args.dataset]
-        spacing = list(args.frame_spacing)
-        sets += [sequence_set(database, queries, spacing.pop(0), network, info,
-                              config.image_size, device, args.cache, config.train_conv5_3)
-                 for database, queries in args.sequence]
-        held_out = [place_set(root, network, info, config.image_size, device, args.cache,
-                              config.train_conv5_3) for root in args.validate or []]
-        held_out += [sequence_set(database, queries, spacing.pop(0), network, info,
-                                  config.image_size, device, args.cache, config.train_conv5_3)
-                     for database, queries in args.validate_sequence]
-        held_out = held_out or sets
+        def place_sets(roots, pairs, spacings) -> list[PlaceSet]:
+            common = (network, info, config.image_size, device, args.cache, config.train_conv5_3)
+            return ([place_set(root, *common) for root in roots]
+                    + [sequence_set(d, q, spacing, *common) for (d, q), spacing in zip(pairs, spacings)])
+
+        n_train = len(args.sequence)
+        sets = place_sets(args.dataset, args.sequence, args.frame_spacing[:n_train])
+        held_out = place_sets(args.validate or [], args.validate_sequence,
+                              args.frame_spacing[n_train:]) or sets
         head = global_head(network, config)
         before = retrieval_table(head, held_out, args.retrieval_distance)
         losses = train_netvlad(head, sets, config, progress=not args.no_progress)
