@@ -102,6 +102,17 @@ class FeatureSampler:
         self.gradient = gradient
         self.table = cell_rows(fmap)  # [H*W, C]
 
+    def values(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels ``uv [N, 2]`` -> ``(values [N, C], valid [N])``: what :meth:`__call__` returns
+        without the gradients, from the 2x2 cell corners alone (a quarter of its gathers)."""
+        H, W = self.H, self.W
+        x0, y0, wx, wy, valid = _bilinear_cell(uv, H, W)
+        offsets = torch.arange(0, 2, device=uv.device)
+        xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 2]
+        ys = (y0[:, None] + offsets).clamp(0, H - 1)
+        P = gather_rows(self.table, ys[:, :, None] * W + xs[:, None, :])  # [N, 2 (y), 2 (x), C]
+        return torch.einsum("nab,nabc->nc", _corner_weights(wx, wy, P.dtype), P), valid
+
     def __call__(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pixels ``uv [N, 2]`` -> ``(values [N, C], gradients [N, C, 2] (d/du, d/dv), valid [N])``."""
         H, W = self.H, self.W
@@ -110,19 +121,28 @@ class FeatureSampler:
         xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 4]
         ys = (y0[:, None] + offsets).clamp(0, H - 1)
         P = gather_rows(self.table, ys[:, :, None] * W + xs[:, None, :])  # [N, 4 (y), 4 (x), C]
-        values = P[:, 1:3, 1:3]  # the 2x2 cell corners
+        w = _corner_weights(wx, wy, P.dtype)  # [N, 2, 2]
+        # values and both gradients are linear in the 4x4 neighbourhood: one stencil [N, 3, 4, 4]
+        stencil = P.new_zeros((len(P), 3, 4, 4))
+        stencil[:, 0, 1:3, 1:3] = w  # the 2x2 cell corners
         if self.gradient == "central":  # (F[x+1] - F[x-1]) / 2, one-sided at the border
-            dx = (xs[:, 2:] - xs[:, :2]).clamp_min(1).to(P.dtype)
-            dy = (ys[:, 2:] - ys[:, :2]).clamp_min(1).to(P.dtype)
-            gu = (P[:, 1:3, 2:] - P[:, 1:3, :2]) / dx[:, None, :, None]
-            gv = (P[:, 2:, 1:3] - P[:, :2, 1:3]) / dy[:, :, None, None]
+            wu = w / (xs[:, 2:] - xs[:, :2]).clamp_min(1).to(P.dtype)[:, None, :]
+            wv = w / (ys[:, 2:] - ys[:, :2]).clamp_min(1).to(P.dtype)[:, :, None]
+            stencil[:, 1, 1:3, 2:] += wu
+            stencil[:, 1, 1:3, :2] -= wu
+            stencil[:, 2, 2:, 1:3] += wv
+            stencil[:, 2, :2, 1:3] -= wv
         else:  # Sobel / 8 with replicated borders (clamped indices)
-            diff_x = P[:, :, 2:] - P[:, :, :2]  # [N, 4, 2, C]
-            diff_y = P[:, 2:] - P[:, :2]  # [N, 2, 4, C]
-            gu = (diff_x[:, :2] + 2 * diff_x[:, 1:3] + diff_x[:, 2:]) / 8
-            gv = (diff_y[:, :, :2] + 2 * diff_y[:, :, 1:3] + diff_y[:, :, 2:]) / 8
-        wx, wy = wx.to(P.dtype), wy.to(P.dtype)
-        weights = torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], -1).view(-1, 2, 2)
-        corners = torch.stack([values, gu, gv], dim=-1)  # [N, 2, 2, C, 3]
-        out = torch.einsum("nab,nabck->nck", weights, corners)
-        return out[..., 0], out[..., 1:], valid
+            for i, k in enumerate((1.0, 2.0, 1.0)):
+                stencil[:, 1, i:i + 2, 2:] += k / 8 * w
+                stencil[:, 1, i:i + 2, :2] -= k / 8 * w
+                stencil[:, 2, 2:, i:i + 2] += k / 8 * w
+                stencil[:, 2, :2, i:i + 2] -= k / 8 * w
+        out = torch.bmm(stencil.view(-1, 3, 16), P.view(-1, 16, self.C))  # [N, 3, C]
+        return out[:, 0], out[:, 1:].transpose(1, 2), valid
+
+
+def _corner_weights(wx: torch.Tensor, wy: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bilinear weights [N, 2 (y), 2 (x)] of the cell corners from the fractions ``wx, wy [N]``."""
+    wx, wy = wx.to(dtype), wy.to(dtype)
+    return torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], -1).view(-1, 2, 2)

@@ -142,7 +142,7 @@ class FeatureMetricPnP:
             delta, info = torch.linalg.solve_ex(H + damping, -g)
             solved = (info == 0) & torch.isfinite(delta).all()
             candidate = TorchPose.exp(torch.where(solved, delta, torch.zeros_like(delta)).to(pose.t.dtype)) @ pose
-            new = evaluate(candidate, penalty)
+            new = problem.cost(candidate, penalty)  # linearised only once accepted
             ok, new_cost, new_valid, step_t, step_r = torch.stack(
                 [solved.to(new[0].dtype), new[0], new[2].to(new[0].dtype), *candidate.error_to(pose)]).tolist()
             if not ok:
@@ -151,7 +151,7 @@ class FeatureMetricPnP:
             small_step = step_r < cfg.tol_rotation_deg and step_t < cfg.tol_translation_m
             if new_cost < cost and new_valid >= cfg.min_points:
                 relative = (cost - new_cost) / max(cost, 1e-30)
-                pose, (_, cost_valid, n_valid, H, g, _) = candidate, new
+                pose, (_, cost_valid, _, H, g, _) = candidate, evaluate(candidate, penalty)
                 cost, n_valid = new_cost, int(new_valid)
                 history.append(cost)
                 accepted += 1
@@ -248,13 +248,10 @@ class _Problem:
             return self.scale
         return max(float(r.norm(dim=-1)[valid].median()) * factor, 1e-9)
 
-    def linearize(self, pose: Pose | TorchPose, penalty: torch.Tensor | None):
-        """Cost, valid-point cost, #valid (0-d tensors on the device), Hessian J^T W J [6, 6],
-        gradient J^T W r [6] (half the derivative of the cost along the left twist) and the
-        penalty of a point that leaves the map (0-d; set by the first call: pass None)."""
-        dtype = self.points.dtype
-        p_cam, J_proj, r, grad, valid = self._residuals(pose)
-        e = (r * r).sum(-1).to(dtype)
+    def _robust_cost(self, r: torch.Tensor, valid: torch.Tensor, penalty: torch.Tensor | None):
+        """Cost, valid-point cost, #valid, IRLS weights [N] (0 where invalid) and the penalty
+        of a point that leaves the map, from residuals ``r [N, C]`` and ``valid [N]``."""
+        e = (r * r).sum(-1).to(self.points.dtype)
         rho, w = robust_loss(self.config.loss, e, self.scale)
         if self.weights is not None:
             rho, w = self.weights * rho, self.weights * w
@@ -265,7 +262,23 @@ class _Problem:
         if penalty is None:  # the largest valid cost (0 when none is valid: rho >= 0)
             penalty = valid_rho.max() if len(valid_rho) else cost_valid
         cost = cost_valid + (self.points.shape[0] - n_valid) * penalty
-        w = torch.where(valid, w, zero)
+        return cost, cost_valid, n_valid, torch.where(valid, w, zero), penalty
+
+    def cost(self, pose: Pose | TorchPose, penalty: torch.Tensor):
+        """Cost, valid-point cost and #valid (0-d tensors) at ``pose`` without linearising:
+        features at the projections only, no gradients (what a step that may be rejected needs)."""
+        p_cam = self._pose(pose).transform(self.points)
+        uv, _, projectable = self.camera.project_jacobian(p_cam)  # the uv of linearize, bit for bit
+        values, valid = self.sampler.values(uv)
+        return self._robust_cost(values - self.ref, valid & projectable, penalty)[:3]
+
+    def linearize(self, pose: Pose | TorchPose, penalty: torch.Tensor | None):
+        """Cost, valid-point cost, #valid (0-d tensors on the device), Hessian J^T W J [6, 6],
+        gradient J^T W r [6] (half the derivative of the cost along the left twist) and the
+        penalty of a point that leaves the map (0-d; set by the first call: pass None)."""
+        dtype = self.points.dtype
+        p_cam, J_proj, r, grad, valid = self._residuals(pose)
+        cost, cost_valid, n_valid, w, penalty = self._robust_cost(r, valid, penalty)
         A = torch.einsum("nci,ncj->nij", grad, grad).to(dtype)  # [N, 2, 2]
         b = torch.einsum("nci,nc->ni", grad, r).to(dtype)  # [N, 2]
         J_pose = torch.cat([-skew(p_cam), self.eye3.expand(len(p_cam), 3, 3)], dim=-1)

@@ -151,6 +151,37 @@ def test_the_pose_and_camera_stay_on_the_device_between_steps(scene, monkeypatch
     assert pose_error(result.pose, POSE_GT)[0] < 0.01
 
 
+def test_only_accepted_steps_are_linearised(scene, monkeypatch):
+    """A step is first costed from the features alone; the Jacobians and the 4x4 gradient
+    gathers are paid once per accepted step (and once at the start), not for the rejected
+    ones, and the pose is the one of linearising every step."""
+    from ros2_s2dhm.refine import _Problem
+    fmap, points, ref = scene
+    init = _perturb(POSE_GT, 2.0, 0.5, 0)
+    # no convergence test: it steps on at the minimum, where steps are rejected
+    config = RefineConfig(loss="cauchy", rtol_cost=0.0, tol_rotation_deg=0.0, tol_translation_m=0.0,
+                          max_iterations=30)
+    calls = {"cost": 0, "linearize": 0}
+    cost, linearize = _Problem.cost, _Problem.linearize
+
+    def counted(name, method):
+        def wrapped(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(_Problem, "cost", counted("cost", cost))
+    monkeypatch.setattr(_Problem, "linearize", counted("linearize", linearize))
+    result = FeatureMetricPnP(config).refine(init, points, ref, fmap, PINHOLE)
+    assert calls == {"cost": result.iterations, "linearize": result.num_accepted + 1}
+    assert result.num_accepted < result.iterations  # some steps were rejected
+    monkeypatch.setattr(_Problem, "cost", lambda self, pose, penalty: linearize(self, pose, penalty)[:3])
+    every_step = FeatureMetricPnP(config).refine(init, points, ref, fmap, PINHOLE)
+    assert every_step.iterations == result.iterations
+    assert pose_error(result.pose, every_step.pose)[0] < 1e-9
+    assert pose_error(result.pose, POSE_GT)[0] < 0.01
+
+
 def test_too_few_points_and_max_iterations(scene):
     fmap, points, ref = scene
     init = _perturb(POSE_GT, 2.0, 0.5, 0)
@@ -197,6 +228,9 @@ def test_sampler_matches_interpolated_gradient_maps(method):
     assert torch.equal(valid, expected_valid) and valid.all()
     torch.testing.assert_close(values, expected_values)
     torch.testing.assert_close(grads, torch.stack([expected_du, expected_dv], -1))
+    only_values, only_valid = FeatureSampler(fmap, method).values(uv)  # a rejected step's cost
+    assert torch.equal(only_valid, valid)
+    torch.testing.assert_close(only_values, values, rtol=1e-12, atol=1e-12)
 
 
 def test_gradients_of_linear_ramp():
