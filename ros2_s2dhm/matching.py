@@ -28,7 +28,8 @@ class MatcherConfig:
     ``score_k`` is the k-th best correlation, k = floor(ratio_k_fraction * h * w)
     (S2DHM: fraction 0.006, ratio 0.9). ``coarse_factor``: 1 searches
     every cell; f > 1 searches a map pooled by f and re-scores a window at full resolution.
-    ``max_chunk_elements`` bounds one correlation block [refs, keypoints, cells]."""
+    ``max_chunk_elements`` bounds one correlation block [rows, cells] (a row is one reference
+    keypoint)."""
 
     ratio_k_fraction: float = option(0.006, "k of the ratio test as a fraction of the query "
                                             "map's cells (S2DHM: 0.006)", low=0.0, high=1.0)
@@ -42,8 +43,8 @@ class MatcherConfig:
     coarse_factor: int = option(2, "search a query map pooled by this factor, then refine at "
                                    "full resolution (1: exhaustive)", name="coarse_factor",
                                 low=1, high=8)
-    max_chunk_elements: int = option(2 ** 26, "elements of one correlation block [refs, "
-                                              "keypoints, cells] (memory bound)", low=2 ** 16)
+    max_chunk_elements: int = option(0, "elements of one correlation block [rows, cells] (memory "
+                                        "bound; 0: 2^22 on the CPU, 2^26 on a GPU)", low=0)
 
     def __post_init__(self):
         if int(self.coarse_factor) < 1:
@@ -170,7 +171,7 @@ def _refine_kept(table: torch.Tensor, h: int, w: int, desc: torch.Tensor, arg: t
     rows = torch.nonzero(keep.reshape(-1)).flatten()
     flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
     flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
-    block = max(1, config.max_chunk_elements // ((factor * factor + 4) * c))
+    block = max(1, chunk_elements(config, table.device) // ((factor * factor + 4) * c))
     for start in range(0, len(rows), block):
         r = rows[start:start + block]
         flat_uv[r], flat_scores[r] = _refine_in_window(table, h, w, flat_desc[r], flat_cu[r],
@@ -199,21 +200,34 @@ def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor
     K, N, _ = ref_descriptors.shape
     q = search.reshape(C, hs * ws).contiguous()  # a copy only for a cells-last map at factor 1
     table = cell_rows(query_map) if factor > 1 else None  # once for every chunk
-    chunk = max(1, config.max_chunk_elements // max(1, N * hs * ws))
+    rows = ref_descriptors.reshape(K * N, -1)  # every (reference, keypoint) is one row
+    mask = ref_mask.reshape(K * N).to(q.device)
+    chunk = max(1, chunk_elements(config, q.device) // (hs * ws))
     uv, scores, valid = [], [], []
-    for start in range(0, K, chunk):
-        d = ref_descriptors[start:start + chunk].to(device=q.device, dtype=q.dtype)
-        corr = torch.matmul(d, q)  # [k,N,hs*ws]
+    for start in range(0, K * N, chunk):
+        d = rows[start:start + chunk].to(device=q.device, dtype=q.dtype)
+        corr = d @ q  # [r, hs*ws]
         best, arg, ok = _best_and_ratio_test(corr, config)
         if factor == 1:
             uv.append(_subcell(corr, arg, h, w) if config.subcell
                       else torch.stack([arg % w, arg // w], -1).to(q.dtype))
         else:
             del corr
-            ok = ok & ref_mask[start:start + chunk].to(q.device)
-            fine_uv, best = _refine_kept(table, h, w, d, arg, ok, ws, factor, config)
-            uv.append(fine_uv)
+            ok = ok & mask[start:start + chunk]
+            fine_uv, best = _refine_kept(table, h, w, d[None], arg[None], ok[None], ws, factor, config)
+            uv.append(fine_uv[0])
+            best = best[0]
         scores.append(best)
         valid.append(ok)
-    valid = torch.cat(valid) & ref_mask.to(q.device)
-    return Matches(torch.cat(uv).float(), torch.cat(scores).float(), valid)
+    valid = torch.cat(valid) & mask
+    return Matches(torch.cat(uv).float().view(K, N, 2), torch.cat(scores).float().view(K, N),
+                   valid.view(K, N))
+
+
+def chunk_elements(config: MatcherConfig, device: torch.device) -> int:
+    """Elements of one correlation block [rows, cells]: ``config.max_chunk_elements``, or when
+    it is 0, 2^22 on the CPU (a block that stays in cache: topk and the window re-scoring read
+    it while it is hot) and 2^26 on other devices (fewer, larger kernels)."""
+    if config.max_chunk_elements:
+        return config.max_chunk_elements
+    return 2 ** 22 if torch.device(device).type == "cpu" else 2 ** 26
