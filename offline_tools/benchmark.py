@@ -24,11 +24,10 @@ Random weights usually give no matches, so the pnp and refine stages are then mi
 from the medians (the tool warns); time those with trained weights.
 
 It times a yardstick in the same run: fp32 eager torchvision VGG-16 ``features[:29]`` on one
-512x384 input. One pass runs after every timed CPU query (idle run), so that a machine whose
-speed drifts within the run (a shared virtual machine) moves the yardstick with the queries;
-the CPU query's median and p90 are printed over the median of those passes (JSON
-``yardstick_ms``, each pass in ``yardstick_passes_ms``). The median of 5 passes after the run
-(2 warm-ups), what earlier releases reported, is printed beside it (``yardstick_after_ms``).
+512x384 input, the median of 5 passes after 2 warm-ups, once right before the timed CPU queries
+and once after them (JSON ``yardstick_before_ms``, ``yardstick_after_ms``); the CPU query's
+median and p90 are printed over their mean (``yardstick_ms``), and a warning when the two
+differ by more than 10 % (the machine's speed drifted during the run: compare nothing from it).
 Contention mode (``--busy N``): the CPU queries are timed again beside N processes that spin
 on the CPU, and every stage is reported idle, contended, and their ratio.
 
@@ -61,7 +60,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ros2_s2dhm.datasets import load_dataset, read_image
 from ros2_s2dhm.datasets.synthetic import generate_synthetic
@@ -122,36 +120,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 class Yardstick:
     """fp32 eager torchvision VGG-16 ``features[:29]`` (through conv5_3's ReLU) on one 512x384
-    input on the CPU: what a query is judged against, timed in the same run on the same machine.
-    Every pass is recorded in ``passes_ms``."""
+    input on the CPU: what a query is judged against, timed in the same run on the same machine
+    (``before_ms`` / ``after_ms``: the timed queries' bracket, set by :func:`time_queries`)."""
+
+    DRIFT = 0.10  # before and after further apart than this (relative): the machine drifted
 
     def __init__(self):
         from torchvision.models import vgg16  # noqa: PLC0415
 
         self.net = vgg16(weights=None).features[:29].eval()
         self.input = torch.rand(1, 3, 384, 512)
-        self.passes_ms: list[float] = []
+        self.before_ms: float | None = None
+        self.after_ms: float | None = None
 
     @torch.no_grad()
-    def _pass_ms(self) -> float:
-        start = time.perf_counter()
-        self.net(self.input)
-        return 1e3 * (time.perf_counter() - start)
-
-    def warm_up(self, passes: int = 2) -> None:
-        """Passes that are not recorded (first-call allocations, caches)."""
-        for _ in range(passes):
-            self._pass_ms()
-
-    def time_pass(self) -> float:
-        """One pass, ms (recorded)."""
-        self.passes_ms.append(self._pass_ms())
-        return self.passes_ms[-1]
-
     def median_ms(self, repeats: int = 5, warmup: int = 2) -> float:
-        """Median ms of ``repeats`` passes after ``warmup`` unrecorded ones."""
-        self.warm_up(warmup)
-        return float(np.median([self.time_pass() for _ in range(repeats)]))
+        """Median ms of ``repeats`` passes after ``warmup`` untimed ones."""
+        times = []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            self.net(self.input)
+            if i >= warmup:
+                times.append(1e3 * (time.perf_counter() - start))
+        return float(np.median(times))
+
+    def bracket_ms(self) -> float | None:
+        """The mean of before and after (None unless both were timed)."""
+        if self.before_ms is None or self.after_ms is None:
+            return None
+        return 0.5 * (self.before_ms + self.after_ms)
+
+    def drifted(self) -> bool:
+        """Whether before and after differ by more than :attr:`DRIFT` of their mean."""
+        mean = self.bracket_ms()
+        return mean is not None and abs(self.before_ms - self.after_ms) > self.DRIFT * mean
 
 
 def yardstick_ms(repeats: int = 5, warmup: int = 2) -> float:
@@ -321,18 +323,14 @@ def time_queries(localizer, warm: list, timed: list, images: dict, label: str,
     """Localize the warm-up queries (untimed), then the timed ones: (their outcomes, summary
     ``{"queries", "localized", "stages", "cascade", "per_query"}``; ``per_query``: each timed
     query's name, condition, success, confidence, references verified and total ms, in order,
-    so that the p90 can be traced to the frames that set it). With a ``yardstick``, one of its
-    passes runs after every timed query (after 2 warm-up passes)."""
+    so that the p90 can be traced to the frames that set it). With a ``yardstick``, it is
+    timed (:meth:`Yardstick.median_ms`) right before and right after the timed queries."""
     evaluate_queries(localizer, warm, images.__getitem__, progress=False)
-    if yardstick is None:
-        outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=progress)
-    else:
-        yardstick.warm_up(2)
-        outcomes = []
-        for query in tqdm(timed, desc=f"localizing ({label}, yardstick between)", unit="query",
-                          disable=not progress):
-            outcomes += evaluate_queries(localizer, [query], images.__getitem__, progress=False)
-            yardstick.time_pass()
+    if yardstick is not None:
+        yardstick.before_ms = yardstick.median_ms()
+    outcomes = evaluate_queries(localizer, timed, images.__getitem__, progress=progress)
+    if yardstick is not None:
+        yardstick.after_ms = yardstick.median_ms()
     localized = sum(o.success for o in outcomes)
     if localized < len(outcomes):
         log.warning("%s: %d of %d queries failed; their later stages (pnp, refine) are missing "
@@ -415,9 +413,9 @@ def run(args: argparse.Namespace) -> dict:
         dataset, map_dir = prepare_map(args, work_dir, devices[0])
         warm, timed = pick_queries(dataset.queries, args.queries, args.warmup)
         images = {q.path: read_image(q.path) for q in warm + timed}
-        between = None if args.no_yardstick or "cpu" not in devices else Yardstick()
+        bracket_by = None if args.no_yardstick or "cpu" not in devices else Yardstick()
         results = {d: benchmark_device(args, d, map_dir, warm, timed, images,
-                                       between if d == "cpu" else None) for d in devices}
+                                       bracket_by if d == "cpu" else None) for d in devices}
         contended = None
         if args.busy and "cpu" in devices:
             with BusyProcesses(args.busy):
@@ -438,11 +436,12 @@ def run(args: argparse.Namespace) -> dict:
         content["contended"] = {"busy_processes": args.busy, "cpu": contended}
     if variants:
         content["backbone_variants"] = variants
-    after = None if args.no_yardstick else yardstick_ms()
-    yardstick = float(np.median(between.passes_ms)) if between and between.passes_ms else after
+    bracket = bracket_by.bracket_ms() if bracket_by else None
+    yardstick = bracket if bracket is not None else (None if args.no_yardstick else yardstick_ms())
     content["yardstick_ms"] = yardstick
-    content["yardstick_passes_ms"] = between.passes_ms if between else []
-    content["yardstick_after_ms"] = after
+    content["yardstick_before_ms"] = bracket_by.before_ms if bracket_by else None
+    content["yardstick_after_ms"] = bracket_by.after_ms if bracket_by else None
+    content["yardstick_drifted"] = bool(bracket_by and bracket_by.drifted())
     content["threads"] = torch.get_num_threads()
     rep.write_json(args.out, content)
     print()
@@ -451,10 +450,13 @@ def run(args: argparse.Namespace) -> dict:
         total = results.get("cpu", {}).get("stages", {}).get("total")
         ratio = (f"; the CPU query: median {total['median'] / yardstick:.2f}x, p90 "
                  f"{total['p90'] / yardstick:.2f}x" if total else "")
-        where = (f"median of {len(between.passes_ms)} passes between the CPU queries; "
-                 f"{after:.0f} ms after them" if between and between.passes_ms else "after the queries")
+        where = (f"mean of {bracket_by.before_ms:.0f} ms before and {bracket_by.after_ms:.0f} ms "
+                 "after the CPU queries" if bracket is not None else "after the queries")
         print(f"yardstick (fp32 VGG-16 features[:29], 512x384, CPU, {torch.get_num_threads()} "
               f"threads): {yardstick:.0f} ms ({where}){ratio}")
+        if content["yardstick_drifted"]:
+            print(f"warning: the yardstick moved by more than {Yardstick.DRIFT:.0%} during the "
+                  "run (the machine's speed drifted): do not compare its timings; run it again")
     if contended is not None:
         print(f"\ncpu beside {args.busy} busy process(es):\n"
               + format_contention(results["cpu"]["stages"], contended["stages"], args.busy))
