@@ -348,8 +348,8 @@ def time_queries(localizer, warm: list, timed: list, images: dict, label: str,
 
 def benchmark_device(args, device: str, map_dir: Path, warm: list, timed: list, images: dict,
                      yardstick: Yardstick | None = None) -> dict:
-    """Time the localizer on ``device`` (a ``yardstick`` pass after every timed query when
-    given); returns the per-device JSON entry."""
+    """Time the localizer on ``device`` (bracketed by the ``yardstick`` when given, see
+    :func:`time_queries`); returns the per-device JSON entry."""
     localizer, info = build_localizer(map_dir, args.weights, device, **localizer_options(args))
     _, summary = time_queries(localizer, warm, timed, images, device, progress=not args.quiet,
                               yardstick=yardstick)

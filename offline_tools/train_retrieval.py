@@ -11,14 +11,15 @@ file name, image i of each shows place i), whose frame i is placed at ``i * --fr
 along a line, so the radii count frames there (default spacing 1: positives within 3 frames,
 negatives beyond 10; a place-per-image set such as SPEDTest takes a spacing above the negative
 radius, so only image i is a positive). Keep the places you evaluate on out of these folders.
-conv5_3 of every image is computed once (and kept in ``--cache DIR`` for the next run); only the NetVLAD layer is trained, so the hypercolumns and
-every map's matching descriptors stay as they were (a map still has to be rebuilt: it records
-the weights). ``--train-conv5-3`` trains conv5_3 with it (at ``--conv5-3-lr``), from cached
-relu5_2: the hypercolumn taps stop before conv5_3, so matching is still unchanged. Prints, per
-condition of the ``--validate`` sets (held out from training;
-default: the training sets), the share of queries whose top-1 / top-10 reference lies within
-``--retrieval-distance`` and the largest share on one top-1 reference, before and after,
-ranked as the localizer ranks (the map's whitened PCA, CSLS hubness reduction).
+conv5_3 of every image is computed once (and kept in ``--cache DIR`` for the next run); only
+the NetVLAD layer is trained, so the hypercolumns and every map's matching descriptors stay as
+they were (a map still has to be rebuilt: it records the weights). ``--train-conv5-3`` trains
+conv5_3 with it (at ``--conv5-3-lr``), from cached relu5_2: the hypercolumn taps stop before
+conv5_3, so matching is still unchanged. Prints, per condition of the ``--validate`` sets (held
+out from training; default: the training sets), the share of queries whose top-1 / top-10
+reference lies within ``--retrieval-distance`` and the largest share on one top-1 reference,
+before and after, ranked as the localizer ranks (the map's whitened PCA, CSLS hubness
+reduction).
 """
 from __future__ import annotations
 

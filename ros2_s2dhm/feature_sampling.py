@@ -102,26 +102,27 @@ class FeatureSampler:
         self.gradient = gradient
         self.table = cell_rows(fmap)  # [H*W, C]
 
+    def _window(self, uv: torch.Tensor, size: int):
+        """The ``size`` x ``size`` cells around each pixel's cell of ``uv [N, 2]`` (2: its
+        corners, 4: one more on each side), clamped to the map: rows ``P [N, size (y), size (x),
+        C]``, their indices ``xs, ys [N, size]``, the bilinear corner weights ``[N, 2, 2]`` and
+        ``valid [N]``."""
+        x0, y0, wx, wy, valid = _bilinear_cell(uv, self.H, self.W)
+        offsets = torch.arange(size, device=uv.device) - (size - 2) // 2
+        xs = (x0[:, None] + offsets).clamp(0, self.W - 1)
+        ys = (y0[:, None] + offsets).clamp(0, self.H - 1)
+        P = gather_rows(self.table, ys[:, :, None] * self.W + xs[:, None, :])
+        return P, xs, ys, _corner_weights(wx, wy, P.dtype), valid
+
     def values(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels ``uv [N, 2]`` -> ``(values [N, C], valid [N])``: what :meth:`__call__` returns
         without the gradients, from the 2x2 cell corners alone (a quarter of its gathers)."""
-        H, W = self.H, self.W
-        x0, y0, wx, wy, valid = _bilinear_cell(uv, H, W)
-        offsets = torch.arange(0, 2, device=uv.device)
-        xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 2]
-        ys = (y0[:, None] + offsets).clamp(0, H - 1)
-        P = gather_rows(self.table, ys[:, :, None] * W + xs[:, None, :])  # [N, 2 (y), 2 (x), C]
-        return torch.einsum("nab,nabc->nc", _corner_weights(wx, wy, P.dtype), P), valid
+        P, _, _, w, valid = self._window(uv, 2)
+        return torch.bmm(w.view(-1, 1, 4), P.view(-1, 4, self.C))[:, 0], valid
 
     def __call__(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pixels ``uv [N, 2]`` -> ``(values [N, C], gradients [N, C, 2] (d/du, d/dv), valid [N])``."""
-        H, W = self.H, self.W
-        x0, y0, wx, wy, valid = _bilinear_cell(uv, H, W)
-        offsets = torch.arange(-1, 3, device=uv.device)
-        xs = (x0[:, None] + offsets).clamp(0, W - 1)  # [N, 4]
-        ys = (y0[:, None] + offsets).clamp(0, H - 1)
-        P = gather_rows(self.table, ys[:, :, None] * W + xs[:, None, :])  # [N, 4 (y), 4 (x), C]
-        w = _corner_weights(wx, wy, P.dtype)  # [N, 2, 2]
+        P, xs, ys, w, valid = self._window(uv, 4)  # P [N, 4 (y), 4 (x), C]; w [N, 2, 2]
         # values and both gradients are linear in the 4x4 neighbourhood: one stencil [N, 3, 4, 4]
         stencil = P.new_zeros((len(P), 3, 4, 4))
         stencil[:, 0, 1:3, 1:3] = w  # the 2x2 cell corners

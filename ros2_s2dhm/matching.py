@@ -157,25 +157,21 @@ def _refine_in_window(flat: torch.Tensor, h: int, w: int, desc: torch.Tensor, cu
 def _refine_kept(table: torch.Tensor, h: int, w: int, desc: torch.Tensor, arg: torch.Tensor,
                  keep: torch.Tensor, ws: int, factor: int,
                  config: MatcherConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution positions [k,N,2] and scores [k,N] of the kept coarse matches.
+    """Full-resolution positions [R,2] and scores [R] of the kept coarse matches.
 
     table [h*w, C]: the fine map's cell rows (:func:`~ros2_s2dhm.feature_sampling.cell_rows`);
-    desc [k,N,C], arg [k,N] flat coarse cells (width ws), keep [k,N]. Rejected matches keep
-    the coarse cell centre and score -inf (they are invalid anyway); the window re-scoring runs
-    in blocks of at most ``config.max_chunk_elements`` gathered values.
+    desc [R,C] (a row per reference keypoint), arg [R] flat coarse cells (width ws), keep [R].
+    Rejected matches keep the coarse cell centre and score -inf (they are invalid anyway); the
+    window re-scoring runs in blocks of at most ``config.max_chunk_elements`` gathered values.
     """
-    k, n, c = desc.shape
     cu, cv = arg % ws, arg // ws
     uv = torch.stack([(cu + 0.5) * factor - 0.5, (cv + 0.5) * factor - 0.5], -1).to(table.dtype)
-    scores = torch.full((k, n), -torch.inf, dtype=table.dtype, device=table.device)
-    rows = torch.nonzero(keep.reshape(-1)).flatten()
-    flat_uv, flat_scores = uv.reshape(-1, 2), scores.reshape(-1)
-    flat_desc, flat_cu, flat_cv = desc.reshape(-1, c), cu.reshape(-1), cv.reshape(-1)
-    block = max(1, chunk_elements(config, table.device) // ((factor * factor + 4) * c))
+    scores = torch.full(arg.shape, -torch.inf, dtype=table.dtype, device=table.device)
+    rows = torch.nonzero(keep).flatten()
+    block = max(1, chunk_elements(config, table.device) // ((factor * factor + 4) * desc.shape[-1]))
     for start in range(0, len(rows), block):
         r = rows[start:start + block]
-        flat_uv[r], flat_scores[r] = _refine_in_window(table, h, w, flat_desc[r], flat_cu[r],
-                                                       flat_cv[r], factor, config.subcell)
+        uv[r], scores[r] = _refine_in_window(table, h, w, desc[r], cu[r], cv[r], factor, config.subcell)
     return uv, scores
 
 
@@ -214,9 +210,8 @@ def match_sparse_to_dense(query_map: torch.Tensor, ref_descriptors: torch.Tensor
         else:
             del corr
             ok = ok & mask[start:start + chunk]
-            fine_uv, best = _refine_kept(table, h, w, d[None], arg[None], ok[None], ws, factor, config)
-            uv.append(fine_uv[0])
-            best = best[0]
+            fine_uv, best = _refine_kept(table, h, w, d, arg, ok, ws, factor, config)
+            uv.append(fine_uv)
         scores.append(best)
         valid.append(ok)
     valid = torch.cat(valid) & mask

@@ -225,17 +225,26 @@ class _Problem:
         self.points, self.ref, self.weights, self.scale = points, ref, weights, scale
         self.channels = sampler.C
         self.eye3 = torch.eye(3, dtype=points.dtype, device=points.device)
+        self._projected = (None,)  # (pose, its _project result): the last pose projected
 
     def _pose(self, pose: Pose | TorchPose) -> TorchPose:
         return pose if isinstance(pose, TorchPose) else TorchPose.from_pose(
             pose, self.points.dtype, self.points.device)
 
+    def _project(self, pose: Pose | TorchPose):
+        """Camera points [N, 3], pixels uv [N, 2], d uv / d p_cam [N, 2, 3] and projectable [N]
+        (depth, distortion range) at ``pose``; the last pose's are kept, so linearising the
+        step :meth:`cost` just accepted does not project the points again."""
+        if self._projected[0] is not pose:
+            p_cam = self._pose(pose).transform(self.points)
+            self._projected = (pose, p_cam, *self.camera.project_jacobian(p_cam))
+        return self._projected[1:]
+
     def _residuals(self, pose: Pose | TorchPose):
         """Camera points [N, 3], d uv / d p_cam [N, 2, 3], residuals [N, C], feature
         gradients [N, C, 2] and valid [N] (inside the map, depth, distortion range), from one
         projection at an unbatched pose (a host :class:`Pose` is copied to the device)."""
-        p_cam = self._pose(pose).transform(self.points)
-        uv, J_proj, projectable = self.camera.project_jacobian(p_cam)
+        p_cam, uv, J_proj, projectable = self._project(pose)
         values, grad, valid = self.sampler(uv)
         valid = valid & projectable  # depth, distortion range
         return p_cam, J_proj, values - self.ref, grad, valid
@@ -267,8 +276,7 @@ class _Problem:
     def cost(self, pose: Pose | TorchPose, penalty: torch.Tensor):
         """Cost, valid-point cost and #valid (0-d tensors) at ``pose`` without linearising:
         features at the projections only, no gradients (what a step that may be rejected needs)."""
-        p_cam = self._pose(pose).transform(self.points)
-        uv, _, projectable = self.camera.project_jacobian(p_cam)  # the uv of linearize, bit for bit
+        _, uv, _, projectable = self._project(pose)
         values, valid = self.sampler.values(uv)
         return self._robust_cost(values - self.ref, valid & projectable, penalty)[:3]
 
