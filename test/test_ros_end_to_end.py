@@ -41,8 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDITION = "night"
 #: This test checks plumbing and equality, not accuracy: the seeded random network with the ratio
 #: test off (random hypercolumns are too smooth for it) localizes the tiny set deterministically.
+#: Its gate is pinned at 0.5, where some of these frames fail, so "a failed frame publishes
+#: nothing" is checked (at the default 0.25 the random network localizes every one).
 WEIGHTS = "random"
-OPTIONS = {"use_ratio_test": False}
+OPTIONS = {"use_ratio_test": False, "min_confidence": 0.5}
 IMAGE_SIZE = 128  # the tiny set's image width: no upsampling, fast on CPU
 SPACING_S = 0.6   # bag time between frames
 
@@ -139,7 +141,7 @@ def test_node_bag_recorder_match_offline_evaluator(tmp_path):
                  "-p", f"map_dir:={tmp_path / 'map'}", "-p", f"weights:={WEIGHTS}",
                  "-p", "device:=cpu", "-p", "use_compressed:=true", "-p", "image_qos:=reliable",
                  "-p", "tracking_enabled:=false", "-p", "warmup:=true",
-                 "-p", "use_ratio_test:=false",
+                 "-p", "use_ratio_test:=false", "-p", f"min_confidence:={OPTIONS['min_confidence']}",
                  "-r", "image:=/camera/image", "-r", "camera_info:=/camera/camera_info"], env)
     node_lines = _Lines(node)
     # the node subscribes once its map is loaded: play only to a ready node, after a settle delay
