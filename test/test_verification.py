@@ -141,14 +141,16 @@ def test_the_search_past_top_k_and_the_gate_are_apart(setup, monkeypatch):
     loc, qf, _ = setup
     extra = len(loc.map) - loc.config.top_k
     assert extra > 0
-    monkeypatch.setattr(loc, "match", lambda qf, batch: None)  # no matching, no RANSAC:
+    # no matching and no RANSAC; every set of references verified so far scores 0.3
+    monkeypatch.setattr(loc, "match", lambda qf, batch: None)
     monkeypatch.setattr(loc, "verify", lambda qf, batch: None)
-    monkeypatch.setattr(loc, "_confidence", lambda done: 0.3)  # every set verified scores 0.3
+    monkeypatch.setattr(loc, "_confidence", lambda done: 0.3)
     base = dataclasses.replace(loc.config, cascade_batch=1, retrieval_extra=extra,
                                min_confidence=0.25)
     verified = {}
-    for extra_confidence in (0.5, 0.25):
-        loc.config = dataclasses.replace(base, retrieval_extra_confidence=extra_confidence)
+    for extra_confidence in (0.5, 0.25):  # through monkeypatch: the fixture's loc is shared
+        monkeypatch.setattr(loc, "config", dataclasses.replace(
+            base, retrieval_extra_confidence=extra_confidence))
         verified[extra_confidence] = len(loc.localize_features(qf).reference_names)
     assert verified[0.5] == base.top_k + extra  # 0.3 < 0.5: it looked past the top-k
     assert verified[0.25] == base.top_k  # 0.3 reaches 0.25: the top-k was enough
